@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up unetkit on a fresh machine: a CPU build of PyTorch where no GPU is present, then the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    "$PY" -m pip install --quiet torch
+  else
+    # CPU build (small): this machine keeps torch 2.13.0 on disk
+    "$PY" -m pip install --quiet torch==2.13.0 || "$PY" -m pip install --quiet torch
+  fi
+fi
+"$PY" -m pip install --quiet -e ".[dev]"

@@ -1,0 +1,1 @@
+"""The `unetkit` command line: a thin layer over the Python API."""

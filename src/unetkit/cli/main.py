@@ -1,0 +1,39 @@
+"""`unetkit` entry point. Each verb lives in its own module and calls the public API."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+import unetkit
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="unetkit: U-Net family segmentation - models, training, inference, evaluation.")
+
+# modules that add verbs to `app` through a `register(app)` function
+COMMAND_MODULES = ["unetkit.cli.models_cmd"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"unetkit {unetkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """unetkit command line."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""File I/O: model checkpoints (and, in unetkit.data, images and volumes)."""

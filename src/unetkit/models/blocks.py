@@ -1,0 +1,209 @@
+"""Dimension-generic building blocks shared by every model in the family.
+
+Tensors are (N, C, *spatial) with len(spatial) == spatial_dims.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unetkit.models import layers
+from unetkit.models.layers import LayerSpec
+
+PADDINGS = ("same", "valid")
+UP_MODES = ("transpose", "nearest", "linear")
+DOWN_MODES = ("maxpool", "conv")
+
+
+class ConvNormAct(nn.Sequential):
+    """conv -> norm -> act (-> dropout). (N, in, *S) -> (N, out, *S') with S' = S for 'same'
+    padding and stride 1, S - (k - 1) for 'valid'."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: str = "same",
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+        groups: int = 1,
+        bias: bool | None = None,
+    ) -> None:
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got '{padding}'")
+        pad = (kernel_size - 1) // 2 if padding == "same" else 0
+        bias = not layers.is_norm_bias_free(norm) if bias is None else bias
+        super().__init__(
+            layers.conv(spatial_dims)(
+                in_channels, out_channels, kernel_size, stride=stride, padding=pad, groups=groups, bias=bias
+            ),
+            layers.make_norm(norm, spatial_dims, out_channels),
+            layers.make_act(act),
+        )
+        if dropout > 0:
+            self.append(layers.make_dropout(spatial_dims, dropout))
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3(x3) ConvNormAct: the U-Net level block. (N, in, *S) -> (N, out, *S)
+    in 'same' mode, (N, out, *(S - 4)) in 'valid' mode."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int | None = None,
+        padding: str = "same",
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        mid = mid_channels or out_channels
+        super().__init__(
+            ConvNormAct(spatial_dims, in_channels, mid, padding=padding, norm=norm, act=act),
+            ConvNormAct(spatial_dims, mid, out_channels, padding=padding, norm=norm, act=act, dropout=dropout),
+        )
+
+
+class Downsample(nn.Module):
+    """Halve every spatial size: 2x max-pool, or a stride-2 ConvNormAct (mode='conv').
+    (N, C, *S) -> (N, C_out, *(S // 2))."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int | None = None,
+        mode: str = "maxpool",
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if mode == "maxpool":
+            if out_channels != in_channels:
+                raise ValueError("max-pool downsampling keeps the channel count")
+            self.op: nn.Module = layers.max_pool(spatial_dims)(2)
+        elif mode == "conv":
+            self.op = ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size=2, stride=2,
+                                  padding="valid", norm=norm, act=act)
+        else:
+            raise ValueError(f"down_mode must be one of {DOWN_MODES}, got '{mode}'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Double every spatial size and map channels in -> out.
+
+    'transpose': a 2x2(x2) stride-2 transposed conv (the paper's up-convolution);
+    'nearest' / 'linear': interpolation followed by a 1x1 conv. (N, in, *S) -> (N, out, *(2S)).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transpose") -> None:
+        super().__init__()
+        if mode not in UP_MODES:
+            raise ValueError(f"up_mode must be one of {UP_MODES}, got '{mode}'")
+        self.mode = mode
+        self.spatial_dims = spatial_dims
+        if mode == "transpose":
+            self.op: nn.Module = layers.conv_transpose(spatial_dims)(in_channels, out_channels, 2, stride=2)
+        else:
+            self.op = layers.conv(spatial_dims)(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        """Upsample by 2, or to `size` exactly for the interpolating modes."""
+        if self.mode == "transpose":
+            return self.op(x)
+        mode = "nearest" if self.mode == "nearest" else layers.interp_mode(self.spatial_dims)
+        kw = {} if mode == "nearest" else {"align_corners": False}
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode=mode, **kw)
+        else:
+            x = F.interpolate(x, size=tuple(size), mode=mode, **kw)
+        return self.op(x)
+
+
+def pad_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Zero-pad the spatial dims of `x` (split evenly, extra at the end) up to `size`."""
+    pads: list[int] = []
+    for have, want in zip(reversed(x.shape[2:]), reversed(list(size))):
+        diff = int(want) - int(have)
+        if diff < 0:
+            raise ValueError(f"cannot pad size {tuple(x.shape[2:])} to smaller size {tuple(size)}")
+        pads += [diff // 2, diff - diff // 2]
+    return F.pad(x, pads) if any(pads) else x
+
+
+def center_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Crop the spatial dims of `x` around their centre to `size` (the paper's skip cropping)."""
+    slices = [slice(None), slice(None)]
+    for have, want in zip(x.shape[2:], size):
+        if want > have:
+            raise ValueError(f"cannot crop size {tuple(x.shape[2:])} to larger size {tuple(size)}")
+        start = (have - want) // 2
+        slices.append(slice(start, start + want))
+    return x[tuple(slices)]
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Pad or crop each spatial dim of `x` to `size` (centre-aligned)."""
+    size = list(size)
+    bigger = [max(h, w) for h, w in zip(x.shape[2:], size)]
+    return center_crop(pad_to(x, bigger), size)
+
+
+class UpBlock(nn.Module):
+    """Decoder level: upsample the deeper map, join the skip, DoubleConv.
+
+    'same' padding pads the upsampled map to the skip's size (odd inputs work);
+    'valid' padding centre-crops the skip to the upsampled map's size (Ronneberger et al. 2015).
+    (N, in, *S), skip (N, skip, *S_skip) -> (N, out, *S_skip) in 'same' mode.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        up_mode: str = "transpose",
+        padding: str = "same",
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+        up_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        up_channels = up_channels or out_channels
+        self.padding = padding
+        self.up = Upsample(spatial_dims, in_channels, up_channels, up_mode)
+        self.conv = DoubleConv(spatial_dims, up_channels + skip_channels, out_channels,
+                               padding=padding, norm=norm, act=act, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.padding == "same":
+            x = pad_to(self.up(x, skip.shape[2:] if self.up.mode != "transpose" else None), skip.shape[2:])
+        else:
+            x = self.up(x)
+            skip = center_crop(skip, x.shape[2:])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class SegmentationHead(nn.Sequential):
+    """1x1(x1) conv to class logits (with optional dropout before it). (N, C, *S) -> (N, K, *S)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dropout > 0:
+            self.append(layers.make_dropout(spatial_dims, dropout))
+        self.append(layers.conv(spatial_dims)(in_channels, num_classes, 1))

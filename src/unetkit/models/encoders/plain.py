@@ -1,0 +1,56 @@
+"""The U-Net contracting path: DoubleConv per level, halving the size between levels."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from unetkit.models import layers
+from unetkit.models.base import Encoder
+from unetkit.models.blocks import DoubleConv, Downsample
+from unetkit.models.layers import LayerSpec
+
+
+class PlainEncoder(Encoder):
+    """Level i has `features[i]` channels at stride 2**i.
+
+    (N, in_channels, *S) -> [(N, features[i], *(S / 2**i)) for i in levels].
+    `dropout` is applied after the deepest level (the end of the contracting path, as in
+    Ronneberger et al. 2015).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        features: Sequence[int],
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+        padding: str = "same",
+        down_mode: str = "maxpool",
+    ) -> None:
+        super().__init__()
+        if len(features) < 2:
+            raise ValueError(f"features needs at least 2 levels, got {tuple(features)}")
+        self.spatial_dims = spatial_dims
+        self.out_channels = list(features)
+        self.strides = [2**i for i in range(len(features))]
+        self.size_divisor = 1
+        self.downs = nn.ModuleList()
+        self.levels = nn.ModuleList()
+        prev = in_channels
+        for i, f in enumerate(features):
+            if i > 0:
+                self.downs.append(Downsample(spatial_dims, prev, prev, down_mode, norm, act))
+            self.levels.append(DoubleConv(spatial_dims, prev, f, padding=padding, norm=norm, act=act))
+            prev = f
+        self.dropout = layers.make_dropout(spatial_dims, dropout)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [self.levels[0](x)]
+        for down, level in zip(self.downs, self.levels[1:]):
+            feats.append(level(down(feats[-1])))
+        feats[-1] = self.dropout(feats[-1])
+        return feats

@@ -1,0 +1,87 @@
+"""Model registry: `register_model`, `create_model`, `list_models`, `model_info`.
+
+A model built through the registry, or from a registered class, remembers its registry name
+and the full keyword configuration that rebuilds it (`model.unetkit_arch`,
+`model.unetkit_config`); checkpoints store both.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from unetkit.registry import Entry, Registry
+
+MODELS = Registry("model")
+
+
+def _bound_config(factory: Callable, args: tuple, kwargs: dict[str, Any], skip_self: bool) -> dict[str, Any]:
+    sig = inspect.signature(factory)
+    bound = sig.bind(*((None,) if skip_self else ()), *args, **kwargs)
+    bound.apply_defaults()
+    config: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        param = sig.parameters[name]
+        if skip_self and name == next(iter(sig.parameters)):
+            continue
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            config.update(value)
+        elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            config[name] = value
+    return config
+
+
+def register_model(name: str, *, tiny: dict[str, Any] | None = None, **info: Any) -> Callable:
+    """Register a model class or preset function under `name`.
+
+    `tiny`: keyword arguments of a fast configuration used by the test-suite.
+    `info`: capability flags read by tests and tools, e.g. `dims=(2, 3)`,
+    `deep_supervision=True`, `onnx=True`, `paper_params=31_030_658`.
+    """
+    info.setdefault("dims", (2, 3))
+    info.setdefault("deep_supervision", True)
+    info.setdefault("onnx", True)
+
+    def decorator(factory: Callable) -> Callable:
+        if isinstance(factory, type):
+            _record_init(factory, name)
+        MODELS.register(name, tiny=tiny, **info)(factory)
+        return factory
+
+    return decorator
+
+
+def _record_init(cls: type, name: str) -> None:
+    """Wrap `cls.__init__` so instances remember (name, full config)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def wrapped(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self) is cls:
+            self.unetkit_arch = name
+            self.unetkit_config = _bound_config(init, args, kwargs, skip_self=True)
+
+    cls.__init__ = wrapped
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model: `create_model("unet", spatial_dims=3, features=(8, 16, 32))`."""
+    entry = MODELS.entry(name)
+    model = entry.factory(**kwargs)
+    if not isinstance(entry.factory, type):  # a preset: remember the preset and its arguments
+        model.unetkit_arch = name
+        model.unetkit_config = _bound_config(entry.factory, (), kwargs, skip_self=False)
+    return model
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern."""
+    return MODELS.list(pattern)
+
+
+def model_info(name: str) -> Entry:
+    """The registry entry: factory, tiny test configuration and capability flags."""
+    return MODELS.entry(name)
