@@ -12,7 +12,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="unetkit: U-Net family segmentation - models, training, inference, evaluation.")
 
 # modules that add verbs to `app` through a `register(app)` function
-COMMAND_MODULES = ["unetkit.cli.models_cmd"]
+COMMAND_MODULES = [
+    "unetkit.cli.models_cmd",
+    "unetkit.cli.data_cmd",
+    "unetkit.cli.train_cmd",
+    "unetkit.cli.predict_cmd",
+    "unetkit.cli.evaluate_cmd",
+    "unetkit.cli.export_cmd",
+    "unetkit.cli.bench_cmd",
+]
 
 
 def _version(value: bool) -> None:
