@@ -1,0 +1,88 @@
+"""Train/validation splits and k-fold folds over case names, saved to splits.json (no file copies).
+
+splits.json holds `{"version": 1, "seed": s, "kind": "split"|"kfold", "folds": [{"train": [...],
+"val": [...]}, ...]}`: a single split is a one-fold list. A run records the file and its fold index.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from unetkit.errors import ConfigError, DataError
+from unetkit.io.atomic import atomic_path
+
+
+def make_split(names: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
+    """A seeded split: `{"train": [...], "val": [...]}`, sorted, disjoint, covering `names`.
+
+    At least one case goes to each side when there are two or more cases.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    names = _unique(names)
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = int(round(len(names) * val_fraction))
+    if val_fraction > 0 and len(names) >= 2:
+        n_val = min(max(n_val, 1), len(names) - 1)
+    val = {names[i] for i in order[:n_val]}
+    return {"train": [n for n in names if n not in val], "val": [n for n in names if n in val]}
+
+
+def make_kfold(names: Sequence[str], k: int = 5, seed: int = 0) -> list[dict[str, list[str]]]:
+    """k seeded folds: each case is in exactly one fold's "val"; fold sizes differ by at most one."""
+    names = _unique(names)
+    if not 2 <= k <= len(names):
+        raise ConfigError(f"k must be between 2 and the number of cases ({len(names)}), got {k}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    folds = []
+    for part in np.array_split(order, k):
+        val = {names[i] for i in part}
+        folds.append({"train": [n for n in names if n not in val], "val": [n for n in names if n in val]})
+    return folds
+
+
+def save_splits(path: str | os.PathLike, folds: dict | list[dict], seed: int | None = None,
+                overwrite: bool = False, **info: Any) -> Path:
+    """Write a split (dict) or folds (list) to `path` as splits.json, atomically."""
+    kind = "split" if isinstance(folds, dict) else "kfold"
+    folds = [folds] if isinstance(folds, dict) else list(folds)
+    payload = {"version": 1, "kind": kind, "seed": seed, "folds": folds, **info}
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_splits(path: str | os.PathLike) -> dict[str, Any]:
+    """Read splits.json; raises DataError naming the file when it is malformed."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        folds = payload["folds"]
+        if not all(set(f) >= {"train", "val"} for f in folds):
+            raise KeyError("train/val")
+    except FileNotFoundError:
+        raise DataError(f"{path}: splits file not found") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a unetkit splits file ({err})") from None
+    return payload
+
+
+def get_fold(path_or_payload: str | os.PathLike | dict, fold: int = 0) -> dict[str, list[str]]:
+    """The `{"train", "val"}` names of fold `fold` from a splits file or its loaded payload."""
+    payload = path_or_payload if isinstance(path_or_payload, dict) else load_splits(path_or_payload)
+    folds = payload["folds"]
+    if not 0 <= fold < len(folds):
+        raise ConfigError(f"fold {fold} out of range: the splits file has {len(folds)} fold(s)")
+    return folds[fold]
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    out = sorted(set(names))
+    if len(out) != len(names):
+        raise DataError("case names must be unique")
+    return out
