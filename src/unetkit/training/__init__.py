@@ -1,0 +1,8 @@
+"""Training: typed config, one Trainer (single process or DDP), runs from a config, the demo."""
+from unetkit.training.config import (DataConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
+                                     TrainConfig)
+from unetkit.training.trainer import Callback, FitResult, Trainer
+from unetkit.training.run import train
+
+__all__ = ["TrainConfig", "ModelConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "LossConfig",
+           "Trainer", "Callback", "FitResult", "train"]

@@ -1,0 +1,201 @@
+"""Typed run configuration that round-trips to YAML / JSON.
+
+Every section is a dataclass; unknown fields are errors that name the field and the
+section, so a typo in a YAML file never goes unnoticed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from unetkit.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    spatial_dims: int = 2
+    in_channels: int = 1
+    num_classes: int = 1
+    kwargs: dict = field(default_factory=dict)  # features, norm, act, dropout, deep_supervision, ...
+
+
+@dataclass
+class DataConfig:
+    dataset: Optional[str] = None  # a sample dataset name (unetkit.datasets), or None for folders
+    images: Optional[str] = None  # image folder (or one folder holding images and masks)
+    masks: Optional[str] = None  # mask folder
+    mask_suffix: str = ""  # e.g. "_mask" when masks sit beside images
+    mask_kind: str = "auto"  # auto | binary | classes | instances
+    val_fraction: float = 0.2
+    fold: Optional[int] = None  # k-fold cross-validation: which fold is validation
+    num_folds: int = 5
+    split_file: Optional[str] = None  # reuse a splits.json
+    patch_size: list = field(default_factory=lambda: [256, 256])
+    augmentation: Union[str, dict] = "default"  # none | light | default | heavy | a config dict
+    normalize: dict = field(default_factory=lambda: {"mode": "percentile", "lower": 1.0, "upper": 99.8})
+    batch_size: int = 8
+    num_workers: int = -1  # -1: automatic
+    weight_map: bool = False  # the original U-Net boundary weight maps
+    weight_map_w0: float = 10.0
+    weight_map_sigma: float = 5.0
+    samples_per_epoch: Optional[int] = None  # random patches per epoch for patch datasets
+    oversample_foreground: float = 0.33
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.99  # sgd
+    nesterov: bool = True  # sgd
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "plateau"  # plateau | cosine | step | poly | none
+    warmup_epochs: float = 0.0  # linear warm-up (fractions of an epoch allowed)
+    patience: int = 3  # plateau
+    factor: float = 0.5  # plateau
+    step_size: int = 30  # step
+    gamma: float = 0.1  # step
+    power: float = 0.9  # poly
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    name: str = "combo"
+    kwargs: dict = field(default_factory=dict)
+    deep_supervision_weights: Optional[list] = None
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 50
+    max_steps: Optional[int] = None  # stop after this many optimiser steps
+    max_minutes: Optional[float] = None  # stop (after the epoch) once this much time has passed
+    val_every: int = 1
+    monitor: str = "dice"  # metric choosing the best checkpoint and early stopping ("loss" too)
+    early_stop_patience: Optional[int] = 10  # validations without improvement; None: off
+    grad_clip: Optional[float] = None
+    accumulate: int = 1
+    amp: str = "auto"  # auto (on with CUDA) | on | off
+    channels_last: str = "auto"
+    sync_batchnorm: bool = False
+    seed: int = 0
+    out_dir: str = "runs"
+    name: Optional[str] = None  # run folder name (default: timestamp + model name)
+    overwrite: bool = False
+    progress: str = "bar"  # bar | quiet | json
+    overlays: int = 3  # validation overlays written per validation
+    tensorboard: bool = True
+    device: str = "auto"
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, data, "config")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read the config ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def with_overrides(self, assignments: list[str]) -> "TrainConfig":
+        """Apply `section.field=value` overrides (values parsed as YAML: 1e-3, [128, 128], true)."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' must look like section.field=value")
+            key, raw = item.split("=", 1)
+            node = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown config section '{part}' in override '{item}'")
+                node = node[part]
+            if parts[-1] not in node and not _is_free_dict(key):
+                raise ConfigError(f"unknown config field '{key}' in override '{item}'")
+            node[parts[-1]] = yaml.safe_load(raw)
+        return TrainConfig.from_dict(data)
+
+
+def _is_free_dict(key: str) -> bool:
+    """Keys under free-form dicts (model.kwargs.*, loss.kwargs.*, data.normalize.*) may be new."""
+    return any(key.startswith(p) for p in ("model.kwargs.", "loss.kwargs.", "data.normalize.", "data.augmentation."))
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{where}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(repr(u) for u in unknown)} in '{where}'; "
+                          f"known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}" if where != "config" else name)
+        else:
+            kwargs[name] = _check_type(value, hint, f"{where}.{name}" if where != "config" else name)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin is Union else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return value
+        base = typing.get_origin(option) or option
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if base is list and isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
+            return value
+    raise ConfigError(f"'{where}' expects {getattr(hint, '__name__', str(hint))}, got {value!r}")
+
+
+def dump_json(config: TrainConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2)

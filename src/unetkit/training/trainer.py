@@ -1,0 +1,470 @@
+"""One Trainer for one process or many (DDP under torchrun); resumable and observable.
+
+    trainer = Trainer(config, train_set, val_set, extra_meta={"preprocess": spec})
+    result = trainer.fit()
+
+Datasets yield dicts {"image": (C, *S) float32, "mask": (1, *S) int64, optional "weight":
+(1, *S) float32, optional "name": str}. The run directory receives config.yaml,
+checkpoints/{last,best}.pt (full training state), {last,best}.safetensors (model files for
+`unetkit predict`), metrics.csv, TensorBoard events, curves.png, overlays/ and report.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from unetkit.errors import ConfigError, DataError, TrainingError
+from unetkit.io.checkpoint import save_model
+from unetkit.models import create_model
+from unetkit.training import artifacts as runlog
+from unetkit.training.config import TrainConfig
+from unetkit.training.distributed import DistContext
+from unetkit.training.schedule import LRSchedule, build_optimizer
+from unetkit.training.seeding import EpochSampler, SeededDataset, derive_seed, seed_everything
+from unetkit.training.state import load_training_state, rng_state, save_training_state, set_rng_state
+
+HIGHER_IS_BETTER = {"dice", "iou", "precision", "recall", "specificity", "accuracy", "f1"}
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_epoch: int
+    best_value: float
+    history: list[dict[str, Any]]
+    stopped_early: bool
+
+
+class Callback:
+    """Hooks called by the Trainer on every rank; override what you need."""
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_step_end(self, trainer: "Trainer", step: int, loss: float) -> None: ...
+    def on_validation_end(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, row: dict[str, Any]) -> None: ...
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        model: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        callbacks: Sequence[Callback] = (),
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        extra_meta: dict[str, Any] | None = None,
+        infer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+        run_dir_ready: bool = False,
+    ) -> None:
+        self.cfg = config
+        device = torch.device(config.device) if config.device != "auto" else None
+        self.dist = DistContext.from_env("cuda" if (device or _auto_device()).type == "cuda" else "cpu")
+        self.device = self.dist.device(config.device)
+        self.callbacks = list(callbacks)
+        self.extra_meta = dict(extra_meta or {})
+        self.num_classes = config.model.num_classes
+        self.amp = self._amp_enabled()
+        seed_everything(config.seed)
+
+        self.model = model if model is not None else create_model(
+            config.model.name, spatial_dims=config.model.spatial_dims, in_channels=config.model.in_channels,
+            num_classes=config.model.num_classes, **config.model.kwargs)
+        if config.sync_batchnorm and self.dist.enabled:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        if self._channels_last():
+            self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self.loss_fn = loss if loss is not None else build_loss(config)
+        self.train_loader = self._loader(train_set, train=True)
+        self.val_loader = self._loader(val_set, train=False) if val_set is not None else None
+        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
+        steps_per_epoch = math.ceil(len(self.train_loader) / config.accumulate)
+        self.schedule = LRSchedule(self.optimizer, config.schedule, steps_per_epoch, config.epochs)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
+        self.infer = infer or _whole_image_forward
+
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps taken
+        self.history: list[dict[str, Any]] = []
+        self.best_value = -math.inf
+        self.best_epoch = 0
+        self.bad_validations = 0
+        self._improved = False
+        if run_dir is None:
+            run_dir = Path(config.out_dir) / self.dist.broadcast_object(
+                config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.model.name}")
+        self.run_dir = Path(run_dir)
+        if not run_dir_ready:
+            prepare_run_dir(config, self.run_dir, resume, self.dist)
+        if resume:
+            self._restore(load_training_state(self.run_dir / "checkpoints" / "last.pt"))
+        self.tb = runlog.TensorBoardLog(self.run_dir / "tensorboard",
+                                        enabled=config.tensorboard and self.dist.is_main)
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _amp_enabled(self) -> bool:
+        if self.cfg.amp not in ("auto", "on", "off"):
+            raise ConfigError(f"'amp' must be auto, on or off, got '{self.cfg.amp}'")
+        return self.cfg.amp == "on" or (self.cfg.amp == "auto" and _auto_device().type == "cuda"
+                                        and self.cfg.device in ("auto", "cuda"))
+
+    def _channels_last(self) -> bool:
+        mode = self.cfg.channels_last
+        return self.cfg.model.spatial_dims == 2 and (mode == "on" or (mode == "auto" and self.device.type == "cuda"))
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        cfg = self.cfg
+        world = self.dist.world_size
+        if train and cfg.data.batch_size % world:
+            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be divisible by the number of "
+                              f"processes ({world}): it is the global batch")
+        batch = cfg.data.batch_size // world if train else 1
+        sampler = EpochSampler(len(dataset), shuffle=train, seed=cfg.seed, rank=self.dist.rank,
+                               world_size=world, drop_last=train)
+        if train and len(sampler) < batch:
+            raise ConfigError(f"the training set has {len(dataset)} samples, fewer than one batch "
+                              f"({cfg.data.batch_size}); lower data.batch_size")
+        workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else _auto_workers()
+        return DataLoader(
+            SeededDataset(dataset, derive_seed(cfg.seed, 1 if train else 2)), batch_size=batch,
+            sampler=sampler, num_workers=workers, drop_last=train,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        cfg = self.cfg
+        start = time.monotonic()
+        stopped_early = False
+        try:
+            while self.epoch < cfg.epochs:
+                epoch = self.epoch + 1
+                for cb in self.callbacks:
+                    cb.on_epoch_start(self, epoch)
+                row = {"epoch": epoch, **self.train_epoch(epoch)}
+                if self.val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                    metrics = self.validate(epoch)
+                    row.update({f"val_{k}": v for k, v in metrics.items()})
+                    stopped_early = self._track_best(epoch, metrics)
+                self.epoch = epoch
+                self.history.append(row)
+                self._end_epoch(row)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, epoch, row)
+                out_of_time = cfg.max_minutes is not None and (time.monotonic() - start) / 60 > cfg.max_minutes
+                out_of_steps = cfg.max_steps is not None and self.step >= cfg.max_steps
+                if stopped_early or out_of_time or out_of_steps:
+                    break
+        finally:
+            self.tb.close()
+        if self.dist.is_main:
+            runlog.write_json(self.report(stopped_early), self.run_dir / "report.json")
+        return FitResult(self.run_dir, self.best_epoch, self.best_value, self.history, stopped_early)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        self.net.train()
+        self.train_loader.sampler.set_epoch(epoch)
+        torch.manual_seed(derive_seed(cfg.seed, epoch, 0xD0))  # dropout etc.: a function of the epoch
+        totals = torch.zeros(3, dtype=torch.float64)  # loss * n, n, non-finite flag
+        data_time = compute_time = 0.0
+        images_seen = 0
+        bar = self._progress(len(self.train_loader), f"epoch {epoch}/{cfg.epochs}")
+        self.optimizer.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        for i, batch in enumerate(self.train_loader):
+            t1 = time.perf_counter()
+            data_time += t1 - t0
+            last_micro = (i + 1) % cfg.accumulate == 0 or i + 1 == len(self.train_loader)
+            loss = self._forward_backward(batch, sync=last_micro)
+            stats = torch.tensor([loss * len(batch["image"]), len(batch["image"]),
+                                  0.0 if math.isfinite(loss) else 1.0], dtype=torch.float64)
+            self.dist.all_reduce_sum(stats)
+            if stats[2] > 0:
+                raise TrainingError(
+                    f"non-finite loss at epoch {epoch}, batch {i + 1} (optimiser step {self.step + 1}); "
+                    f"samples: {', '.join(map(str, batch.get('name', []))) or 'unnamed'}. The run directory "
+                    f"{self.run_dir} keeps its last good checkpoint; lower optim.lr or check the data")
+            totals += stats
+            if last_micro:
+                self._optimizer_step()
+            images_seen += int(stats[1])
+            compute_time += time.perf_counter() - t1
+            if bar is not None:
+                bar.set_postfix(loss=f"{stats[0] / stats[1]:.4f}", lr=f"{self.schedule.lr:.2e}",
+                                img_s=f"{images_seen / max(1e-9, data_time + compute_time):.1f}")
+                bar.update()
+            for cb in self.callbacks:
+                cb.on_step_end(self, self.step, loss)
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                break
+            t0 = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        elapsed = data_time + compute_time
+        return {"train_loss": float(totals[0] / max(1.0, float(totals[1]))), "lr": self.schedule.lr,
+                "images_per_s": images_seen / max(1e-9, elapsed),
+                "data_wait_fraction": data_time / max(1e-9, elapsed), "steps": self.step}
+
+    def _forward_backward(self, batch: dict[str, Any], sync: bool) -> float:
+        images, masks = self._to_device(batch["image"]), batch["mask"].to(self.device, non_blocking=True)
+        weight = batch.get("weight")
+        weight = weight.to(self.device, non_blocking=True) if weight is not None else None
+        self._check_labels(masks, batch)
+        no_sync = self.net.no_sync if (self.dist.enabled and not sync) else contextlib.nullcontext
+        with no_sync(), torch.autocast(self.device.type, enabled=self.amp):
+            outputs = self.net(images)
+            loss = self.loss_fn(outputs, masks, weight) if weight is not None else self.loss_fn(outputs, masks)
+        if torch.isfinite(loss):
+            self.scaler.scale(loss / self.cfg.accumulate).backward()
+        return float(loss.detach())
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.schedule.step()
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self._channels_last() else images
+
+    def _check_labels(self, masks: torch.Tensor, batch: dict[str, Any]) -> None:
+        """A class id the model cannot output is a data error, named with its samples."""
+        limit = max(2, self.num_classes)
+        valid = masks if getattr(self.loss_fn, "ignore_index", None) is None else \
+            masks[masks != self.loss_fn.ignore_index]
+        if valid.numel() and (int(valid.max()) >= limit or int(valid.min()) < 0):
+            names = ", ".join(map(str, batch.get("name", []))) or "unnamed samples"
+            raise DataError(f"{names}: mask holds class id {int(valid.max())} (min {int(valid.min())}) but the "
+                            f"model has num_classes={self.num_classes} (allowed ids 0..{limit - 1})")
+
+    # ---- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict[str, float]:
+        from unetkit.metrics import MetricAccumulator, logits_to_labels
+
+        self.net.eval()
+        acc = MetricAccumulator(num_classes=max(2, self.num_classes), include_background=False)
+        loss_sum, count = 0.0, 0
+        overlays: list[tuple[str, Any, Any, Any]] = []
+        for batch in self.val_loader:
+            images, masks = self._to_device(batch["image"]), batch["mask"].to(self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                logits = self.infer(self.model, images)
+            logits = logits.float()
+            loss = self.loss_fn(logits, masks) if not _is_deep_supervision(self.loss_fn) else \
+                self.loss_fn.base(logits, masks)
+            loss_sum += float(loss) * len(images)
+            count += len(images)
+            labels = logits_to_labels(logits)
+            names = list(batch.get("name", [f"val_{count}"]))
+            acc.update(labels.cpu(), masks.cpu(), names=names)
+            if self.dist.is_main and len(overlays) < self.cfg.overlays:
+                overlays.append((names[0], images[0].cpu(), masks[0].cpu(), labels[0].cpu()))
+        states = self.dist.gather_objects(acc.state_dict())
+        for state in states[1:]:
+            acc.merge(state)
+        totals = self.dist.all_reduce_sum(torch.tensor([loss_sum, count], dtype=torch.float64))
+        summary = acc.compute()
+        metrics = {"loss": float(totals[0] / max(1.0, float(totals[1])))}
+        metrics.update(_flatten_summary(summary))
+        if self.dist.is_main and overlays:
+            self._write_overlays(epoch, overlays)
+        for cb in self.callbacks:
+            cb.on_validation_end(self, epoch, metrics)
+        return metrics
+
+    def _track_best(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Update best value / checkpoint flag; True when early stopping should end the run."""
+        name = self.cfg.monitor
+        if name not in metrics:
+            raise ConfigError(f"monitor '{name}' is not a validation metric; available: {', '.join(sorted(metrics))}")
+        higher = name in HIGHER_IS_BETTER
+        value = metrics[name]
+        score = value if higher else -value
+        self.schedule.validation_result(value, higher)
+        self._improved = math.isfinite(score) and score > self.best_value
+        if self._improved:
+            self.best_value, self.best_epoch, self.bad_validations = score, epoch, 0
+        else:
+            self.bad_validations += 1
+        patience = self.cfg.early_stop_patience
+        return patience is not None and self.bad_validations >= patience
+
+    # ---- persistence -------------------------------------------------------------------------
+    def _end_epoch(self, row: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            state = self.training_state()
+            ckpt = self.run_dir / "checkpoints"
+            save_training_state(ckpt / "last.pt", state)
+            save_model(self.model, self.run_dir / "last.safetensors", extra=self.model_meta(), overwrite=True)
+            if getattr(self, "_improved", False) or self.val_loader is None:
+                save_training_state(ckpt / "best.pt", state)
+                save_model(self.model, self.run_dir / "best.safetensors", extra=self.model_meta(), overwrite=True)
+            self._improved = False
+            runlog.write_history_csv(self.history, self.run_dir / "metrics.csv")
+            runlog.plot_curves(self.history, self.run_dir / "curves.png", self.cfg.monitor)
+            self.tb.scalars({k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
+            if self.cfg.progress == "json":
+                print(json.dumps({k: v for k, v in row.items()}), flush=True)
+            elif self.cfg.progress == "bar":
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                  if k in ("train_loss", "val_loss", f"val_{self.cfg.monitor}", "images_per_s",
+                                           "data_wait_fraction"))
+                print(f"epoch {row['epoch']}: {shown}", flush=True)
+        self.dist.barrier()
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "history": self.history,
+            "best_value": self.best_value, "best_epoch": self.best_epoch,
+            "bad_validations": self.bad_validations, "rng": rng_state(), "config": self.cfg.to_dict(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state["history"])
+        self.best_value, self.best_epoch = float(state["best_value"]), int(state["best_epoch"])
+        self.bad_validations = int(state["bad_validations"])
+        set_rng_state(state["rng"])
+
+    def model_meta(self) -> dict[str, Any]:
+        """What a predictor needs besides the weights (stored in the model files)."""
+        cfg = self.cfg
+        mode = "binary" if cfg.model.num_classes == 1 else "multiclass"
+        return {"preprocess": cfg.data.normalize, "num_classes": cfg.model.num_classes, "mode": mode,
+                "threshold": 0.5, "in_channels": cfg.model.in_channels, "spatial_dims": cfg.model.spatial_dims,
+                "patch_size": list(cfg.data.patch_size), "epoch": self.epoch, **self.extra_meta}
+
+    def report(self, stopped_early: bool) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {"run_dir": str(self.run_dir), "epochs": self.epoch, "steps": self.step,
+                "best_epoch": self.best_epoch, "monitor": self.cfg.monitor,
+                "best_value": self.best_value if self.cfg.monitor in HIGHER_IS_BETTER else -self.best_value,
+                "stopped_early": stopped_early, "last": last, "world_size": self.dist.world_size,
+                "device": str(self.device)}
+
+    # ---- output helpers ----------------------------------------------------------------------
+    def _progress(self, total: int, desc: str):
+        if self.cfg.progress != "bar" or not self.dist.is_main:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+    def _write_overlays(self, epoch: int, items: list[tuple[str, Any, Any, Any]]) -> None:
+        try:
+            from unetkit.inference.overlay import overlay_figure
+        except ImportError:
+            return
+        folder = self.run_dir / "overlays"
+        folder.mkdir(exist_ok=True)
+        for name, image, mask, pred in items:
+            if image.dim() != 3:  # 2D only
+                continue
+            dice = _dice(pred[0].numpy() > 0, mask[0].numpy() > 0)
+            overlay_figure(image.float().numpy(), pred[0].numpy(), folder / f"epoch{epoch:03d}_{name}.png",
+                           title=f"{name}, epoch {epoch}: foreground Dice {dice:.3f}", overwrite=True)
+
+
+def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, dist: DistContext) -> None:
+    """Check or create the run folder; never overwrite a previous run unless `config.overwrite`."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+        return
+    if dist.is_main and run_dir.exists() and any(run_dir.iterdir()):
+        if not config.overwrite:
+            raise ConfigError(f"{run_dir} exists and is not empty; choose another name, "
+                              "resume it (--resume) or pass --overwrite")
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir} does not look like a unetkit run (no config.yaml); "
+                              "refusing to overwrite it")
+        shutil.rmtree(run_dir)
+    dist.barrier()
+    if dist.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        config.to_yaml(run_dir / "config.yaml")
+    dist.barrier()
+
+
+def build_loss(config: TrainConfig) -> nn.Module:
+    """The configured loss, checked against num_classes, wrapped for deep supervision."""
+    from unetkit.losses import DeepSupervisionLoss, check_loss_fits, create_loss
+
+    loss = create_loss(config.loss.name, **config.loss.kwargs)
+    check_loss_fits(loss, config.model.num_classes)
+    if config.model.kwargs.get("deep_supervision"):
+        loss = DeepSupervisionLoss(loss, weights=config.loss.deep_supervision_weights)
+    return loss
+
+
+def _is_deep_supervision(loss: nn.Module) -> bool:
+    return type(loss).__name__ == "DeepSupervisionLoss"
+
+
+def _whole_image_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    out = model(images)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _flatten_summary(summary: dict[str, Any]) -> dict[str, float]:
+    """{'dice': {'mean': .., 'std': .., 'global': ..}} -> {'dice': mean, 'dice_std': .., 'dice_global': ..}."""
+    flat: dict[str, float] = {}
+    for name, value in summary.items():
+        if isinstance(value, dict):
+            if "mean" in value:
+                flat[name] = float(value["mean"])
+            for key in ("std", "global"):
+                if key in value:
+                    flat[f"{name}_{key}"] = float(value[key])
+        elif isinstance(value, (int, float)):
+            flat[name] = float(value)
+    return flat
+
+
+def _dice(pred: Any, truth: Any) -> float:
+    total = pred.sum() + truth.sum()
+    return float(2 * (pred & truth).sum() / total) if total else 1.0
+
+
+def _auto_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _auto_workers() -> int:
+    import os
+
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
