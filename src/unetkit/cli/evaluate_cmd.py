@@ -1,8 +1,48 @@
-"""CLI verbs (placeholder until its issue lands)."""
+"""`unetkit evaluate`: a model file (or predicted masks) and a labelled folder -> metrics CSV/JSON/plot."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from unetkit.cli.common import user_errors
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to `app`."""
+    @app.command("evaluate")
+    def evaluate(
+        source: Path = typer.Argument(..., help="Model file, or a folder of predicted masks (e.g. a predict --out folder)."),
+        data_dir: Path = typer.Argument(..., help="Labelled folder (images/ + masks/, or any layout data check knows)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for per_image.csv, per_class.csv, summary.json, dice.png."),
+        masks: Optional[Path] = typer.Option(None, "--masks", help="Masks folder (images in DATA_DIR)."),
+        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes incl. background (predictions folder)."),
+        ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="Mask value excluded from metrics."),
+        objects: bool = typer.Option(False, "--objects", help="Also score objects (F1 at IoU >= --iou)."),
+        split: bool = typer.Option(False, "--split", help="Split touching predicted objects (watershed)."),
+        iou: float = typer.Option(0.5, "--iou", help="IoU threshold for object matching."),
+        no_hd95: bool = typer.Option(False, "--no-hd95", help="Skip the 95% Hausdorff distance."),
+        roi: Optional[List[int]] = typer.Option(None, "--roi", help="Window size when predicting."),
+        tta: bool = typer.Option(False, "--tta", help="Test-time augmentation when predicting."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    ) -> None:
+        """Per-image and per-class metrics of a model (or of predicted masks) on a labelled folder."""
+        from unetkit.evaluation.evaluate import evaluate_folder
+
+        with user_errors():
+            options = {"device": device, "tta": tta}
+            if roi:
+                options["roi_size"] = roi[0] if len(roi) == 1 else tuple(roi)
+            summary = evaluate_folder(source, data_dir, out, masks_dir=masks, num_classes=num_classes,
+                                      ignore_index=ignore_index, hd95=not no_hd95, objects=objects, split=split,
+                                      iou_threshold=iou, overwrite=overwrite, predictor_options=options,
+                                      progress=True)
+        typer.echo(f"{summary['images']} image(s): mean Dice {summary['mean_dice']:.4f}")
+        for name, row in summary["classes"].items():
+            typer.echo(f"  {name:<16} Dice {row['dice_mean']:.4f} +/- {row['dice_std']:.4f}")
+        if "objects" in summary:
+            o = summary["objects"]
+            typer.echo(f"  objects (IoU >= {o['iou_threshold']}): P {o['precision']:.3f} R {o['recall']:.3f} "
+                       f"F1 {o['f1']:.3f}")
+        typer.echo(f"wrote {out}")

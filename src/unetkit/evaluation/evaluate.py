@@ -1,0 +1,257 @@
+"""`evaluate_folder`: score a model file (or masks already predicted) against a labelled folder.
+
+Outputs in `out_dir`:
+    per_image.csv   one row per image and class: dice, iou, precision, recall, hd95, pixel counts
+    per_class.csv   per class: mean / std / median Dice and means of the other metrics
+    objects.csv     (objects=True) per image: object tp, fp, fn, precision, recall, f1 at IoU >= threshold
+    summary.json    dataset-level numbers (mean foreground Dice, per class, objects)
+    dice.png        per-image Dice distribution: histogram and box plot per class
+
+Ground-truth masks: binary models compare against `mask > 0`; multi-class models against the
+stored class indices (values outside 0..K-1 other than `ignore_index` are an error).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from unetkit.data.folder import scan_folder
+from unetkit.data.io import is_image_file, read_mask, stem_of
+from unetkit.errors import DataError
+from unetkit.evaluation.measure import match_instances, write_rows_csv
+from unetkit.evaluation.postprocess import instances_from_labels
+from unetkit.io.atomic import atomic_path
+from unetkit.metrics import confusion_counts, dice, hausdorff_distance_95, iou, precision, recall
+
+OUTPUTS = ("per_image.csv", "per_class.csv", "summary.json", "dice.png")
+
+
+def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    masks_dir: str | os.PathLike | None = None, num_classes: int | None = None,
+                    class_names: Sequence[str] | None = None, ignore_index: int | None = None,
+                    include_background: bool = False, hd95: bool = True, objects: bool = False,
+                    split: bool = False, min_distance: int = 5, iou_threshold: float = 0.5,
+                    spacing: Sequence[float] | None = None, overwrite: bool = False,
+                    predictor_options: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Evaluate predictions of `source` on the labelled images of `data_dir`.
+
+    Args:
+        source: a model file (images are predicted) or a folder of predicted masks named by image
+            stem (a `predict` output folder works: its `masks/` subfolder is used).
+        data_dir: images + masks, any layout `unetkit.data.folder.scan_folder` knows; `masks_dir`
+            names the masks folder explicitly.
+        num_classes: classes including background (default: from the model; for a predictions
+            folder, 2 when the masks are binary (0/1 or 0/255), else the largest label + 1).
+        objects: also score object detection (instances = connected components per class, the
+            prediction's split by watershed when `split`) with `match_instances`.
+        spacing: pixel size for HD95 (default: pixels).
+    Returns:
+        the summary dict (also written to summary.json).
+    """
+    out_dir = Path(out_dir)
+    targets = [out_dir / name for name in OUTPUTS + (("objects.csv",) if objects else ())]
+    if not overwrite:
+        for target in targets:
+            if target.exists():
+                raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+    cases = scan_folder(data_dir, masks_dir).pairs
+    if not cases:
+        raise DataError(f"{data_dir}: no image with a matching mask")
+    predict, num_classes, binary, names = _prediction_source(source, cases, num_classes, class_names,
+                                                             predictor_options or {})
+    classes = list(range(0 if include_background else 1, num_classes))
+    rows: list[dict[str, Any]] = []
+    object_rows: list[dict[str, Any]] = []
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="evaluate", unit="image")
+    for case in iterator:
+        pred = predict(case)
+        true = _target(read_mask(case.mask), case.mask, num_classes, binary, ignore_index)
+        if pred.shape != true.shape:
+            raise DataError(f"{case.mask}: mask shape {true.shape} != prediction shape {pred.shape}")
+        rows += _image_rows(case.name, pred, true, classes, names, num_classes, ignore_index, hd95, spacing)
+        if objects:
+            scores = match_instances(instances_from_labels(pred, split=split, min_distance=min_distance),
+                                     instances_from_labels(np.where(true == ignore_index, 0, true)
+                                                           if ignore_index is not None else true),
+                                     iou_threshold)
+            object_rows.append({"image": case.name, **scores})
+    summary = _summary(rows, object_rows, classes, names, source, data_dir, num_classes, iou_threshold)
+    write_rows_csv(rows, out_dir / "per_image.csv", overwrite=overwrite)
+    write_rows_csv(summary.pop("_class_rows"), out_dir / "per_class.csv", overwrite=overwrite)
+    if objects:
+        write_rows_csv(object_rows, out_dir / "objects.csv", overwrite=overwrite)
+    with atomic_path(out_dir / "summary.json", overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(_json_safe(summary), indent=2))
+    dice_plot(rows, out_dir / "dice.png", overwrite=overwrite)
+    return summary
+
+
+def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int | None,
+                       class_names: Sequence[str] | None, options: dict[str, Any]):
+    """(case -> predicted labels (*S), num_classes, binary, class names)."""
+    source = Path(source)
+    if source.is_file():
+        from unetkit.inference.predictor import Predictor, read_input
+
+        predictor = Predictor.from_checkpoint(source, **options)
+        if predictor.mode == "multilabel":
+            raise DataError(f"{source}: evaluate supports binary and multi-class models, not multilabel")
+        binary = predictor.mode == "binary"
+        k = 2 if binary else predictor.num_classes
+        names = list(class_names or predictor.class_names or [])
+
+        def predict(case) -> np.ndarray:
+            image = np.concatenate([read_input(p, predictor.spatial_dims)[0] for p in case.images])
+            return predictor.predict_array(image, source=case.images[0]).labels[0]
+
+        return predict, k, binary, _names(names, k)
+    if not source.is_dir():
+        raise DataError(f"{source}: neither a model file nor a folder of predicted masks")
+    folder = source / "masks" if (source / "masks").is_dir() else source
+    found = {stem_of(p): p for p in sorted(folder.iterdir()) if p.is_file() and is_image_file(p)}
+    missing = [c.name for c in cases if c.name not in found]
+    if missing:
+        raise DataError(f"{folder}: no predicted mask for {len(missing)} image(s): {', '.join(missing[:5])}"
+                        + (" ..." if len(missing) > 5 else ""))
+    if num_classes is None:
+        values = set()
+        for case in cases:
+            values |= set(np.unique(read_mask(case.mask)).tolist())
+        num_classes = 2 if values <= {0, 1} or values <= {0, 255} else int(max(values)) + 1
+    binary = num_classes == 2
+
+    def read_prediction(case) -> np.ndarray:
+        pred = read_mask(found[case.name])
+        return (pred > 0).astype(np.int64) if binary else pred.astype(np.int64)
+
+    return read_prediction, num_classes, binary, _names(list(class_names or []), num_classes)
+
+
+def _names(names: list[str], num_classes: int) -> list[str]:
+    return [names[c] if c < len(names) else ("background" if c == 0 else f"class_{c}")
+            for c in range(num_classes)]
+
+
+def _target(mask: np.ndarray, path: Path, num_classes: int, binary: bool, ignore_index: int | None) -> np.ndarray:
+    ignored = mask == ignore_index if ignore_index is not None else np.zeros(mask.shape, bool)
+    if binary:
+        out = (mask > 0).astype(np.int64)
+    else:
+        out = mask.astype(np.int64)
+        bad = (out >= num_classes) & ~ignored
+        if bad.any():
+            raise DataError(f"{path}: mask values {sorted(np.unique(out[bad]).tolist())[:5]} are outside "
+                            f"0..{num_classes - 1}")
+    if ignore_index is not None:
+        out[ignored] = ignore_index
+    return out
+
+
+def _image_rows(name: str, pred: np.ndarray, true: np.ndarray, classes: list[int], names: list[str],
+                num_classes: int, ignore_index: int | None, hd95: bool, spacing: Sequence[float] | None
+                ) -> list[dict[str, Any]]:
+    p = torch.from_numpy(pred.astype(np.int64))[None, None]
+    t = torch.from_numpy(true)[None, None]
+    counts = confusion_counts(p, t, num_classes, ignore_index=ignore_index)
+    scores = {"dice": dice(counts)[0], "iou": iou(counts)[0], "precision": precision(counts)[0],
+              "recall": recall(counts)[0]}
+    valid = true != ignore_index if ignore_index is not None else np.ones(true.shape, bool)
+    rows = []
+    for c in classes:
+        row: dict[str, Any] = {"image": name, "class": c, "class_name": names[c],
+                               **{k: float(v[c]) for k, v in scores.items()}}
+        if hd95:
+            row["hd95"] = hausdorff_distance_95((pred == c) & valid, (true == c) & valid, spacing)
+        row["true_pixels"] = int(counts[0, c, 0] + counts[0, c, 2])
+        row["pred_pixels"] = int(counts[0, c, 0] + counts[0, c, 1])
+        rows.append(row)
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]], object_rows: list[dict[str, Any]], classes: list[int],
+             names: list[str], source: Any, data_dir: Any, num_classes: int, iou_threshold: float
+             ) -> dict[str, Any]:
+    class_rows = []
+    for c in classes:
+        sel = [r for r in rows if r["class"] == c]
+        d = np.array([r["dice"] for r in sel])
+        row = {"class": c, "class_name": names[c], "images": len(sel), "dice_mean": d.mean(),
+               "dice_std": d.std(), "dice_median": float(np.median(d))}
+        for metric in ("iou", "precision", "recall"):
+            row[f"{metric}_mean"] = float(np.mean([r[metric] for r in sel]))
+        if sel and "hd95" in sel[0]:
+            finite = [r["hd95"] for r in sel if math.isfinite(r["hd95"])]
+            row["hd95_mean"] = float(np.mean(finite)) if finite else float("nan")
+            row["hd95_infinite"] = len(sel) - len(finite)  # one of prediction / truth empty
+        class_rows.append({k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()})
+    foreground = [r["dice_mean"] for r in class_rows if r["class"] > 0]
+    summary: dict[str, Any] = {
+        "source": str(source), "data_dir": str(data_dir), "images": len({r["image"] for r in rows}),
+        "num_classes": num_classes, "mean_dice": float(np.mean(foreground)) if foreground else float("nan"),
+        "classes": {r["class_name"]: {k: v for k, v in r.items() if k not in ("class_name",)} for r in class_rows},
+        "_class_rows": class_rows,
+    }
+    if object_rows:
+        tp, fp, fn = (int(sum(r[k] for r in object_rows)) for k in ("tp", "fp", "fn"))
+        summary["objects"] = {
+            "iou_threshold": iou_threshold, "tp": tp, "fp": fp, "fn": fn,
+            "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 1.0,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+            "f1_mean_per_image": float(np.mean([r["f1"] for r in object_rows])),
+        }
+    return summary
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def dice_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Per-image Dice distribution: histogram (one colour per class) and a box plot per class."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from unetkit.inference.overlay import DEFAULT_COLORS
+
+    names = list(dict.fromkeys(r["class_name"] for r in rows))
+    values = [[r["dice"] for r in rows if r["class_name"] == n] for n in names]
+    fig, (hist, box) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    bins = np.linspace(0.0, 1.0, 21)
+    for i, (name, v) in enumerate(zip(names, values)):
+        hist.hist(v, bins=bins, alpha=0.6, label=name, color=DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
+    hist.set_xlabel("Dice per image")
+    hist.set_ylabel("images")
+    hist.legend(fontsize="small")
+    box.boxplot(values, showmeans=True)
+    box.set_xticks(range(1, len(names) + 1), names)
+    box.set_ylim(-0.02, 1.02)
+    box.set_ylabel("Dice per image")
+    fig.suptitle(f"Dice over {len({r['image'] for r in rows})} images")
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,336 @@
+"""`Predictor`: a model file in, masks (and probabilities, overlays, measurements) out.
+
+The model file alone defines the prediction: the architecture and weights, and in its `extra`
+metadata the preprocessing (`preprocess`), `mode` (binary / multiclass / multilabel), `threshold`,
+`class_names`, `patch_size` (default window), `in_channels` and `spacing`.
+
+Outputs of `predict_file(path, out_dir)`, named by the input's stem:
+    out_dir/masks/<stem><suffix>          labels, same format as the input (PNG for PNG/JPEG/BMP; TIFF;
+                                          NIfTI with the input's affine and spacing); class indices
+    out_dir/probabilities/<stem>.tif|.nii.gz   float32 (K, *S) maps (optional)
+    out_dir/overlays/<stem>.png           image | mask | overlay (2D; the fullest slice of a volume)
+    out_dir/objects/<stem>.csv            per-object measurements (optional)
+    out_dir/counts.csv                    objects per class per image (`predict_paths`, with measure)
+Every file is written atomically, and existing files are kept unless `overwrite=True`.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from unetkit.data.io import (NIFTI_SUFFIXES, PIL_SUFFIXES, VolumeMeta, is_image_file, read_image,
+                             read_volume, stem_of, suffix_of, write_image, write_mask)
+from unetkit.data.normalize import normalize_image
+from unetkit.errors import ConfigError, DataError
+from unetkit.inference.sliding_window import sliding_window_inference
+from unetkit.inference.tta import tta_predict
+from unetkit.io.checkpoint import CheckpointError, load_model
+
+MODES = ("binary", "multiclass", "multilabel")
+
+
+@dataclass
+class Prediction:
+    """`probabilities` `(K, *S)` float32; `labels` `(1, *S)` class indices (binary: {0, 1}),
+    or `(K, *S)` {0, 1} for multilabel models."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+
+class Predictor:
+    """Sliding-window (overlap-tile for valid-padding models) prediction with optional TTA."""
+
+    def __init__(self, model: nn.Module, preprocess: dict[str, Any] | None = None, mode: str | None = None,
+                 threshold: float = 0.5, roi_size: int | Sequence[int] | None = None, overlap: float = 0.5,
+                 tta: bool = False, batch_size: int = 4, device: str | torch.device = "cpu",
+                 class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
+                 in_channels: int | None = None, blend: str = "gaussian", padding_mode: str = "reflect",
+                 source: str = "model") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spatial_dims = int(getattr(model, "spatial_dims", 2))
+        self.num_classes = int(getattr(model, "num_classes", 1))
+        self.mode = mode or ("binary" if self.num_classes == 1 else "multiclass")
+        if self.mode not in MODES:
+            raise ConfigError(f"{source}: unknown mode {self.mode!r}; choose one of {MODES}")
+        if self.mode == "binary" and self.num_classes != 1:
+            raise ConfigError(f"{source}: mode 'binary' needs one output channel, the model has {self.num_classes}")
+        self.preprocess = preprocess
+        self.threshold = float(threshold)
+        self.in_channels = in_channels or getattr(model, "unetkit_config", {}).get("in_channels")
+        self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
+        self.blend, self.padding_mode = blend, padding_mode
+        self.class_names = list(class_names) if class_names else None
+        self.spacing = tuple(spacing) if spacing and len(spacing) == self.spatial_dims else None
+        self.source = source
+        self.valid_mode = getattr(model, "padding", "same") == "valid" and hasattr(model, "output_size")
+        self.roi_size = self._window(roi_size)
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
+                        roi_size: int | Sequence[int] | None = None, overlap: float = 0.5, tta: bool = False,
+                        batch_size: int = 4, **overrides: Any) -> "Predictor":
+        """Load a model file (architecture, weights and preprocessing come from the file).
+
+        `overrides`: any `Predictor` argument (e.g. `threshold`, `mode`) replacing the file's value.
+        """
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        model = load_model(path, map_location=device)
+        meta = model.unetkit_meta
+        extra = meta.get("extra") or {}
+        in_channels = meta["config"].get("in_channels")
+        if extra.get("in_channels") not in (None, in_channels):
+            raise CheckpointError(f"{path}: metadata says in_channels={extra['in_channels']} but the "
+                                  f"'{meta['arch']}' model takes {in_channels}")
+        kwargs: dict[str, Any] = {
+            "preprocess": extra.get("preprocess"), "mode": extra.get("mode"),
+            "threshold": extra.get("threshold", 0.5), "class_names": extra.get("class_names"),
+            "spacing": extra.get("spacing"), "in_channels": in_channels,
+            "roi_size": roi_size or extra.get("patch_size"), "overlap": overlap, "tta": tta,
+            "batch_size": batch_size, "device": device, "source": str(path),
+        }
+        kwargs.update(overrides)
+        return cls(model, **kwargs)
+
+    def _window(self, roi_size: int | Sequence[int] | None) -> tuple[int, ...]:
+        dims = self.spatial_dims
+        if roi_size is None:
+            roi_size = 256 if dims == 2 else 96
+        roi = (int(roi_size),) * dims if isinstance(roi_size, (int, np.integer)) else tuple(int(r) for r in roi_size)
+        if len(roi) != dims:
+            raise ConfigError(f"roi_size {roi} does not match a {dims}D model")
+        if self.valid_mode:  # snap to the nearest valid input size at or below the request
+            snapped = []
+            for r in roi:
+                try:
+                    self.model.output_size(r)
+                    snapped.append(r)
+                except ValueError:
+                    sizes = self.model.valid_input_sizes(r, 1)
+                    snapped.append(sizes[0] if sizes[0] <= r else sizes[-1])
+            roi = tuple(snapped)
+        return roi
+
+    # ---- arrays -----------------------------------------------------------------------------
+    def predict_array(self, image: np.ndarray, source: str | os.PathLike | None = None) -> Prediction:
+        """Predict a channel-first image `(C, *S)` (raw intensities; the model's preprocessing is applied)."""
+        image = self.check_image(np.asarray(image), source)
+        x = torch.from_numpy(normalize_image(image, self.preprocess))[None]
+        probs = sliding_window_inference(
+            x, self._predict_windows, self.roi_size, overlap=self.overlap, blend=self.blend,
+            batch_size=self.batch_size, padding_mode=self.padding_mode,
+            output_size_fn=self.model.output_size if self.valid_mode else None, device=self.device,
+        )[0].numpy()
+        return Prediction(probs, self.to_labels(probs))
+
+    def check_image(self, image: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
+        """Check dims and channels against the model; a grey image stored as RGB(A) becomes one channel."""
+        name = str(source or "image")
+        if image.ndim != self.spatial_dims + 1:
+            want = "(C, H, W)" if self.spatial_dims == 2 else "(C, D, H, W)"
+            raise DataError(f"{name}: expected a {self.spatial_dims}D image {want} for this model, "
+                            f"got shape {image.shape}")
+        channels = image.shape[0]
+        if self.in_channels is None or channels == self.in_channels:
+            return image
+        if self.in_channels == 1 and channels in (3, 4) and all(np.array_equal(image[0], image[c]) for c in (1, 2)):
+            return image[:1]
+        hint = " (a multi-page TIFF reads its pages as channels)" if suffix_of(name) in (".tif", ".tiff") else ""
+        raise DataError(f"{name}: has {channels} channel(s) but the model ({self.source}) expects "
+                        f"{self.in_channels}{hint}")
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            logits = self.model(x)
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        logits = logits.float()
+        return torch.softmax(logits, dim=1) if self.mode == "multiclass" else torch.sigmoid(logits)
+
+    def _predict_windows(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.tta:
+            return self._probabilities(x)
+        return tta_predict(self._probabilities, x, flips=True, rot90=self.spatial_dims == 2)
+
+    def to_labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """`(K, *S)` probabilities -> `(1, *S)` class indices, or `(K, *S)` {0, 1} for multilabel."""
+        if self.mode == "multiclass":
+            dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
+            return probabilities.argmax(axis=0)[None].astype(dtype)
+        return (probabilities >= self.threshold).astype(np.uint8)
+
+    # ---- files ------------------------------------------------------------------------------
+    def output_paths(self, path: str | os.PathLike, out_dir: str | os.PathLike, save_probabilities: bool = False,
+                     overlay: bool = True, measure: bool = False) -> dict[str, Path]:
+        """Where `predict_file` writes the outputs of `path`."""
+        out, stem, suffix = Path(out_dir), stem_of(path), suffix_of(path)
+        nifti = suffix in NIFTI_SUFFIXES
+        mask_suffix = ".png" if suffix in PIL_SUFFIXES else suffix
+        if self.mode == "multilabel" and suffix in PIL_SUFFIXES:
+            mask_suffix = ".tif"  # K channels of {0, 1}
+        paths = {"mask": out / "masks" / f"{stem}{mask_suffix}"}
+        if save_probabilities:
+            paths["probabilities"] = out / "probabilities" / f"{stem}{suffix if nifti else '.tif'}"
+        if overlay:
+            paths["overlay"] = out / "overlays" / f"{stem}.png"
+        if measure:
+            paths["objects"] = out / "objects" / f"{stem}.csv"
+        return paths
+
+    def predict_file(self, path: str | os.PathLike, out_dir: str | os.PathLike, save_probabilities: bool = False,
+                     overlay: bool = True, overwrite: bool = False, measure: bool = False, min_size: int = 0,
+                     fill: bool = False, split: bool = False, min_distance: int = 5) -> dict[str, Any]:
+        """Predict one file and write its outputs (see the module docstring).
+
+        Post-processing (class masks): `min_size` removes smaller components, `fill` fills holes.
+        `measure` writes per-object measurements (instances = connected components per class, split
+        by a distance-transform watershed when `split`). Returns the written paths (+ `counts`).
+        """
+        path = Path(path)
+        outputs = self.output_paths(path, out_dir, save_probabilities, overlay, measure)
+        if not overwrite:
+            for target in outputs.values():
+                if target.exists():
+                    raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+        image, meta = read_input(path, self.spatial_dims)
+        pred = self.predict_array(image, source=path)
+        labels = pred.labels
+        if self.mode != "multilabel" and (min_size > 0 or fill):
+            from unetkit.evaluation.postprocess import fill_holes, remove_small_objects
+
+            labels = remove_small_objects(labels[0], min_size)[None] if min_size > 0 else labels
+            labels = fill_holes(labels[0])[None] if fill else labels
+        result: dict[str, Any] = {"image": path, **outputs}
+        if self.mode == "multilabel":
+            write_image(outputs["mask"], labels, meta, overwrite=overwrite)
+        else:
+            write_mask(outputs["mask"], labels, meta, overwrite=overwrite)
+        if save_probabilities:
+            write_image(outputs["probabilities"], pred.probabilities.astype(np.float32), meta, overwrite=overwrite)
+        if overlay:
+            from unetkit.inference.overlay import overlay_figure
+
+            shown_image, shown_labels = _display_slice(image, labels)
+            overlay_figure(shown_image, shown_labels, outputs["overlay"], title=path.name,
+                           class_names=self.class_names, overwrite=overwrite)
+        if measure:
+            result["counts"] = self._measure(labels, meta, outputs["objects"], overwrite, split, min_distance)
+        return result
+
+    def _measure(self, labels: np.ndarray, meta: VolumeMeta | None, target: Path, overwrite: bool,
+                 split: bool, min_distance: int) -> dict[str, int]:
+        from unetkit.evaluation.measure import count_objects, measure_objects, write_objects_csv
+        from unetkit.evaluation.postprocess import instances_from_labels
+
+        class_map = _as_class_map(labels)
+        instances = instances_from_labels(class_map, split=split, min_distance=min_distance)
+        spacing = self.spacing
+        if meta is not None:
+            spacing = tuple(meta.spacing[-self.spatial_dims:])
+        objects = measure_objects(instances, class_map, spacing, class_names=self.class_names)
+        write_objects_csv(objects, target, overwrite=overwrite, spatial_dims=self.spatial_dims)
+        return count_objects(objects, self.class_names)
+
+    def predict_paths(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                      skip_errors: bool = False, progress: bool = False, **options: Any) -> list[dict[str, Any]]:
+        """Predict files, folders (their image files) and glob patterns; options as in `predict_file`.
+
+        With `skip_errors`, a file that fails (unreadable, wrong channels, output exists) is reported
+        as `{"image": path, "error": message}` and the others go on. With `measure`, also writes
+        `out_dir/counts.csv`.
+        """
+        from unetkit.evaluation.measure import write_rows_csv
+
+        files = expand_inputs(inputs)
+        if progress:
+            from tqdm import tqdm
+
+            files = tqdm(files, desc="predict", unit="image")
+        results = []
+        for path in files:
+            try:
+                results.append(self.predict_file(path, out_dir, **options))
+            except (DataError, FileExistsError) as err:
+                if not skip_errors:
+                    raise
+                results.append({"image": path, "error": str(err)})
+        if options.get("measure"):
+            rows = [{"image": r["image"].name, **r["counts"]} for r in results if "counts" in r]
+            names = sorted({k for r in rows for k in r} - {"image", "total"})
+            write_rows_csv(rows, Path(out_dir) / "counts.csv", overwrite=options.get("overwrite", False),
+                           columns=["image", *names, "total"])
+        return results
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def read_input(path: str | os.PathLike, spatial_dims: int) -> tuple[np.ndarray, VolumeMeta | None]:
+    """Read an image `(C, H, W)` or volume `(C, D, H, W)`; NIfTI keeps its `VolumeMeta` (2D: depth 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    suffix = suffix_of(path)
+    if spatial_dims == 3:
+        return read_volume(path)
+    if suffix in NIFTI_SUFFIXES:
+        volume, meta = read_volume(path)
+        if volume.shape[1] != 1:
+            raise DataError(f"{path}: is a volume of depth {volume.shape[1]}; this model is 2D")
+        return volume[:, 0], meta
+    return read_image(path), None
+
+
+def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Files from files, folders (their image files, sorted) and glob patterns; stems must be unique."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    files: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if is_image_file(p))
+            if not matches:
+                raise DataError(f"{text}: no image file matches")
+            files += matches
+        elif Path(text).is_dir():
+            found = sorted(p for p in Path(text).iterdir() if p.is_file() and is_image_file(p))
+            if not found:
+                raise DataError(f"{text}: folder holds no image files")
+            files += found
+        elif Path(text).is_file():
+            files.append(Path(text))
+        else:
+            raise DataError(f"{text}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for f in files:
+        other = seen.setdefault(stem_of(f), f)
+        if other != f:
+            raise DataError(f"{f}: has the same name stem as {other}; their outputs would collide")
+    return list(dict.fromkeys(files))
+
+
+def _as_class_map(labels: np.ndarray) -> np.ndarray:
+    """(1, *S) class indices -> (*S); multilabel (K, *S) -> class k + 1 where channel k is set."""
+    if labels.shape[0] == 1:
+        return labels[0]
+    out = np.zeros(labels.shape[1:], dtype=np.int32)
+    for k, channel in enumerate(labels):
+        out[channel > 0] = k + 1
+    return out
+
+
+def _display_slice(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2D: as is. 3D: the depth slice with the most foreground (the middle one if none)."""
+    if image.ndim == 3:
+        return image, labels
+    class_map = _as_class_map(labels)
+    counts = (class_map > 0).reshape(class_map.shape[0], -1).sum(axis=1)
+    z = int(counts.argmax()) if counts.any() else class_map.shape[0] // 2
+    return image[:, z], class_map[z]
