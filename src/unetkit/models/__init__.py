@@ -3,9 +3,20 @@ from unetkit.models.registry import MODELS, create_model, list_models, model_inf
 from unetkit.models.base import Decoder, Encoder, SegmentationModel
 from unetkit.models.unet import UNet, unet_original
 from unetkit.models.summary import count_flops, count_parameters, model_flops
+from unetkit.models.unetpp import UNetPlusPlus
+from unetkit.models.attention_unet import AttentionUNet, attention_maps
+from unetkit.models.unet3p import UNet3Plus
+from unetkit.models.mobile_unet import MobileUNet
+from unetkit.models.lite import unet_lite, unet_realtime
+from unetkit.models.transunet import TransUNet
+from unetkit.models.swin_unet import SwinUNet
+from unetkit.models.nnformer import NNFormer
+from unetkit.models.hybrid import DECODERS, ENCODERS, hybrid
 
 __all__ = [
     "MODELS", "create_model", "list_models", "model_info", "register_model",
     "Encoder", "Decoder", "SegmentationModel", "UNet", "unet_original",
     "count_flops", "count_parameters", "model_flops",
+    "UNetPlusPlus", "AttentionUNet", "attention_maps", "UNet3Plus", "MobileUNet", "unet_lite", "unet_realtime",
+    "TransUNet", "SwinUNet", "NNFormer", "ENCODERS", "DECODERS", "hybrid",
 ]

@@ -93,14 +93,24 @@ class SegmentationModel(nn.Module):
         return self.decoder(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        x, size = self.prepare_input(x)
+        return self.head_outputs(self.features(x), size, list(x.shape[2:]))
+
+    def prepare_input(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Check the input's rank and pad it to a multiple of `size_divisor`:
+        (padded input, original spatial size)."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"expected a {self.spatial_dims + 2}D input (N, C, {'D, ' if self.spatial_dims == 3 else ''}H, W) "
                 f"for spatial_dims={self.spatial_dims}, got shape {tuple(x.shape)}"
             )
-        x, size = self._pad_input(x)
-        padded = list(x.shape[2:])
-        maps = self.features(x)
+        return self._pad_input(x)
+
+    def head_outputs(self, maps: list[torch.Tensor], size: Sequence[int],
+                     padded: Sequence[int]) -> torch.Tensor | list[torch.Tensor]:
+        """Heads on the decoder maps of a padded input: logits cropped back to the input `size`
+        (or the deep-supervision list). For subclasses that run encoder and decoder themselves."""
+        size, padded = list(size), list(padded)
         logits = self.head(maps[0])
         if self.decoder.strides[0] > 1:  # encoders whose finest map is below input resolution
             logits = F.interpolate(logits, size=padded, mode=layers.interp_mode(self.spatial_dims),

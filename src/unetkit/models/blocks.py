@@ -51,9 +51,34 @@ class ConvNormAct(nn.Sequential):
             self.append(layers.make_dropout(spatial_dims, dropout))
 
 
+class DepthwiseSeparableConv(nn.Sequential):
+    """Depthwise k x k(x k) ConvNormAct then pointwise 1x1 ConvNormAct (Howard et al. 2017,
+    MobileNets): about k**d times fewer multiply-adds than a full conv.
+    (N, in, *S) -> (N, out, *S') with S' = S for 'same' padding and stride 1."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: str = "same",
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            ConvNormAct(spatial_dims, in_channels, in_channels, kernel_size, stride, padding, norm, act,
+                        groups=in_channels),
+            ConvNormAct(spatial_dims, in_channels, out_channels, 1, norm=norm, act=act, dropout=dropout),
+        )
+
+
 class DoubleConv(nn.Sequential):
     """Two 3x3(x3) ConvNormAct: the U-Net level block. (N, in, *S) -> (N, out, *S)
-    in 'same' mode, (N, out, *(S - 4)) in 'valid' mode."""
+    in 'same' mode, (N, out, *(S - 4)) in 'valid' mode. `separable=True` uses
+    DepthwiseSeparableConv for both (the MobileNet / lite decoders)."""
 
     def __init__(
         self,
@@ -65,11 +90,13 @@ class DoubleConv(nn.Sequential):
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         dropout: float = 0.0,
+        separable: bool = False,
     ) -> None:
         mid = mid_channels or out_channels
+        block = DepthwiseSeparableConv if separable else ConvNormAct
         super().__init__(
-            ConvNormAct(spatial_dims, in_channels, mid, padding=padding, norm=norm, act=act),
-            ConvNormAct(spatial_dims, mid, out_channels, padding=padding, norm=norm, act=act, dropout=dropout),
+            block(spatial_dims, in_channels, mid, padding=padding, norm=norm, act=act),
+            block(spatial_dims, mid, out_channels, padding=padding, norm=norm, act=act, dropout=dropout),
         )
 
 
@@ -182,13 +209,14 @@ class UpBlock(nn.Module):
         act: LayerSpec = "relu",
         dropout: float = 0.0,
         up_channels: int | None = None,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         up_channels = up_channels or out_channels
         self.padding = padding
         self.up = Upsample(spatial_dims, in_channels, up_channels, up_mode)
         self.conv = DoubleConv(spatial_dims, up_channels + skip_channels, out_channels,
-                               padding=padding, norm=norm, act=act, dropout=dropout)
+                               padding=padding, norm=norm, act=act, dropout=dropout, separable=separable)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":

@@ -15,7 +15,7 @@ class UNetDecoder(Decoder):
     """One UpBlock per encoder level above the deepest.
 
     `decoder_channels[i]` is the width of the output at encoder level i (default: the
-    encoder's width there). forward(features) -> [level 0, level 1, ...] (highest resolution first).
+    encoder's width there). `separable=True` builds depthwise-separable level blocks. forward(features) -> [level 0, level 1, ...] (highest resolution first).
     """
 
     def __init__(
@@ -29,6 +29,7 @@ class UNetDecoder(Decoder):
         dropout: float = 0.0,
         up_mode: str = "transpose",
         padding: str = "same",
+        separable: bool = False,
     ) -> None:
         super().__init__()
         enc = list(encoder_channels)
@@ -41,7 +42,8 @@ class UNetDecoder(Decoder):
         deeper = enc[-1]
         for level in reversed(range(len(enc) - 1)):
             blocks.append(UpBlock(spatial_dims, deeper, enc[level], dec[level], up_mode=up_mode,
-                                  padding=padding, norm=norm, act=act, dropout=dropout))
+                                  padding=padding, norm=norm, act=act, dropout=dropout,
+                                  separable=separable))
             deeper = dec[level]
         self.blocks = nn.ModuleList(blocks)  # deepest first
 

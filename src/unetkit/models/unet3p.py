@@ -1,0 +1,91 @@
+"""UNet 3+ (Huang et al., "UNet 3+: A Full-Scale Connected UNet for Medical Image
+Segmentation", ICASSP 2020), 2D and 3D: full-scale skips, full-scale deep supervision and the
+classification-guided module (CGM)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from unetkit.models import layers
+from unetkit.models.base import SegmentationModel
+from unetkit.models.decoders.unet3p import UNet3PlusDecoder
+from unetkit.models.encoders.plain import PlainEncoder
+from unetkit.models.layers import LayerSpec
+from unetkit.models.registry import register_model
+
+UNET3P_FEATURES = (64, 128, 256, 512, 1024)
+SUPPRESS = 100.0  # logit magnitude of the "no organ" output the CGM substitutes
+
+
+class ClassificationGuidedModule(nn.Module):
+    """Dropout(0.5) -> 1x1 conv to 2 -> global max-pool: does the image contain the target?
+    (N, C, *S) -> (N, 2) logits (class 1: present)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.conv = layers.conv(spatial_dims)(in_channels, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.dropout(x)).flatten(2).amax(dim=2)
+
+
+@register_model("unet3+", tiny={"features": (4, 8, 16)}, any_size=True, paper_params=26_970_000)
+class UNet3Plus(SegmentationModel):
+    """UNet 3+: plain-conv encoder, full-scale decoder, heads on every decoder stage and on the
+    bottleneck (deep supervision, highest resolution first).
+
+    Args: as `UNet` (spatial_dims, in_channels, num_classes, features, norm, act, dropout,
+        deep_supervision), plus `cat_channels` (width of each full-scale branch, default
+        features[0] = 64) and `classification_guided` (add the CGM).
+
+    With the CGM, `forward_with_classification(x)` -> (segmentation output, (N, 2) image-level
+    logits) for training both (BCE on "image contains foreground"); in eval mode `forward`
+    replaces the segmentation of images the CGM calls empty by confident background logits
+    (the paper multiplies the maps by the CGM's arg-max).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        features: Sequence[int] = UNET3P_FEATURES,
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+        deep_supervision: bool = False,
+        cat_channels: int | None = None,
+        classification_guided: bool = False,
+    ) -> None:
+        encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout)
+        decoder = UNet3PlusDecoder(spatial_dims, encoder.out_channels, encoder.strides, cat_channels, norm, act)
+        super().__init__(encoder, decoder, num_classes, deep_supervision)
+        self.cgm = ClassificationGuidedModule(spatial_dims, encoder.out_channels[-1]) if classification_guided else None
+
+    def forward_with_classification(self, x: torch.Tensor):
+        """(segmentation output as `forward` without CGM gating, (N, 2) CGM logits)."""
+        if self.cgm is None:
+            raise ValueError("this UNet 3+ has no classification-guided module: build it with classification_guided=True")
+        padded, size = self.prepare_input(x)
+        feats = self.encoder(padded)
+        return self.head_outputs(self.decoder(feats), size, list(padded.shape[2:])), self.cgm(feats[-1])
+
+    def forward(self, x: torch.Tensor):
+        if self.cgm is None or self.training:
+            return super().forward(x)
+        out, cls = self.forward_with_classification(x)
+        present = cls.argmax(dim=1) == 1
+        return [suppress_absent(o, present) for o in out] if isinstance(out, list) else suppress_absent(out, present)
+
+
+def suppress_absent(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Logits of images where `present` (N,) is False become confident background
+    (sigmoid ~ 0 for K = 1; class 0 for K > 1)."""
+    fill = torch.full_like(logits, -SUPPRESS)
+    if logits.shape[1] > 1:
+        fill[:, 0] = SUPPRESS
+    keep = present.reshape(-1, *([1] * (logits.dim() - 1)))
+    return torch.where(keep, logits, fill)

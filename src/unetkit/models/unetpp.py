@@ -1,0 +1,69 @@
+"""U-Net++ (Zhou, Rahman Siddiquee, Tajbakhsh & Liang, "UNet++: A Nested U-Net Architecture for
+Medical Image Segmentation", DLMIA 2018), 2D and 3D, with pruning for inference."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from unetkit.models.base import SegmentationModel
+from unetkit.models.decoders.unetpp import UNetPlusPlusDecoder
+from unetkit.models.encoders.plain import PlainEncoder
+from unetkit.models.layers import LayerSpec
+from unetkit.models.registry import register_model
+
+# The paper's backbone widths: 32, 64, 128, 256, 512 (9.04M parameters with deep supervision, Table 2).
+UNETPP_FEATURES = (32, 64, 128, 256, 512)
+
+
+@register_model("unet++", tiny={"features": (4, 8, 16)}, any_size=True, paper_params=9_040_000)
+class UNetPlusPlus(SegmentationModel):
+    """U-Net++: plain-conv encoder, nested dense skip pathways, heads on the top row.
+
+    Args: as `UNet` (spatial_dims, in_channels, num_classes, features, norm, act, dropout,
+        deep_supervision, up_mode).
+
+    forward(x (N, C, *S)) -> logits (N, K, *S) of the full network (head on X[0][L-1]).
+    With deep_supervision the paper's heads on X[0][L-1], X[0][L-2], ..., X[0][1] are returned,
+    all at the input resolution, the full network first: the output of the level-l sub-network
+    is `outs[depth - 1 - l]`.
+
+    `prune(level)` returns the sub-network U-Net++ L^level: only the encoder levels and nodes
+    that X[0][level] depends on, with that level's head, as a smaller `UNetPlusPlus`.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        features: Sequence[int] = UNETPP_FEATURES,
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+        deep_supervision: bool = False,
+        up_mode: str = "transpose",
+    ) -> None:
+        encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout)
+        decoder = UNetPlusPlusDecoder(spatial_dims, encoder.out_channels, encoder.strides, None, norm, act, 0.0,
+                                      up_mode)
+        super().__init__(encoder, decoder, num_classes, deep_supervision)
+        self.depth = len(features)
+
+    def prune(self, level: int) -> "UNetPlusPlus":
+        """The sub-network whose output is the head on X[0][level] (1 <= level <= depth - 1),
+        with this model's weights, in this model's train/eval mode. Its output equals this
+        model's deep-supervision output `outs[depth - 1 - level]`."""
+        if not 1 <= level <= self.depth - 1:
+            raise ValueError(f"prune level must be in 1..{self.depth - 1} for a depth-{self.depth} U-Net++, got {level}")
+        if level < self.depth - 1 and not self.deep_supervision:
+            raise ValueError("pruning below the full network needs the deep-supervision heads: build (and train) "
+                             "the model with deep_supervision=True")
+        config = {**self.unetkit_config, "features": list(self.unetkit_config["features"])[: level + 1],
+                  "deep_supervision": False}
+        pruned = UNetPlusPlus(**config).to(next(self.parameters()).device)
+        state = self.state_dict()
+        head = "head." if level == self.depth - 1 else f"aux_heads.{self.depth - 2 - level}."
+        wanted = {}
+        for key in pruned.state_dict():
+            wanted[key] = state[head + key[len("head."):]] if key.startswith("head.") else state[key]
+        pruned.load_state_dict(wanted, strict=True)
+        return pruned.train(self.training)
