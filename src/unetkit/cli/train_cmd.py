@@ -1,8 +1,89 @@
-"""CLI verbs (placeholder until its issue lands)."""
+"""`unetkit train` and `unetkit demo`."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from unetkit.cli.common import fail, user_errors
+
+
+def build_config(config: Optional[Path], overrides: list[str]):
+    """Defaults <- YAML file <- flag overrides (`section.field=value`)."""
+    from unetkit.training.config import TrainConfig
+
+    cfg = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
+    return cfg.with_overrides(overrides)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to `app`."""
+    @app.command("train")
+    def train_cmd(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run configuration (YAML)."),
+        images: Optional[str] = typer.Option(None, help="data.images: image folder."),
+        masks: Optional[str] = typer.Option(None, help="data.masks: mask folder."),
+        dataset: Optional[str] = typer.Option(None, help="data.dataset: a sample dataset name."),
+        model: Optional[str] = typer.Option(None, help="model.name (see `unetkit models`)."),
+        dims: Optional[int] = typer.Option(None, help="model.spatial_dims."),
+        in_channels: Optional[int] = typer.Option(None, help="model.in_channels."),
+        num_classes: Optional[int] = typer.Option(None, help="model.num_classes (1 = binary)."),
+        features: Optional[str] = typer.Option(None, help="model.kwargs.features, e.g. 16,32,64,128."),
+        loss: Optional[str] = typer.Option(None, help="loss.name."),
+        epochs: Optional[int] = typer.Option(None, help="epochs."),
+        batch_size: Optional[int] = typer.Option(None, help="data.batch_size (global)."),
+        patch_size: Optional[str] = typer.Option(None, help="data.patch_size, e.g. 256,256."),
+        lr: Optional[float] = typer.Option(None, help="optim.lr."),
+        optimizer: Optional[str] = typer.Option(None, help="optim.name: adam | adamw | sgd."),
+        schedule: Optional[str] = typer.Option(None, help="schedule.name: plateau | cosine | step | poly | none."),
+        warmup: Optional[float] = typer.Option(None, help="schedule.warmup_epochs."),
+        augmentation: Optional[str] = typer.Option(None, help="data.augmentation preset."),
+        out_dir: Optional[str] = typer.Option(None, help="out_dir: parent of run folders."),
+        name: Optional[str] = typer.Option(None, help="name: the run folder."),
+        seed: Optional[int] = typer.Option(None, help="seed."),
+        device: Optional[str] = typer.Option(None, help="device: auto | cpu | cuda."),
+        progress: Optional[str] = typer.Option(None, help="progress: bar | quiet | json."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+        set_: List[str] = typer.Option([], "--set", help="Any config field: section.field=value (repeatable)."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    ) -> None:
+        """Train a model (one process, or many under `torchrun`)."""
+        from unetkit.training.run import train
+
+        flags = {"data.images": images, "data.masks": masks, "data.dataset": dataset, "model.name": model,
+                 "model.spatial_dims": dims, "model.in_channels": in_channels, "model.num_classes": num_classes,
+                 "model.kwargs.features": f"[{features}]" if features else None, "loss.name": loss,
+                 "epochs": epochs, "data.batch_size": batch_size,
+                 "data.patch_size": f"[{patch_size}]" if patch_size else None, "optim.lr": lr,
+                 "optim.name": optimizer, "schedule.name": schedule, "schedule.warmup_epochs": warmup,
+                 "data.augmentation": augmentation, "out_dir": out_dir, "name": name, "seed": seed,
+                 "device": device, "progress": progress, "overwrite": "true" if overwrite else None}
+        overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(set_)
+        with user_errors():
+            if resume is not None:
+                if overrides or config is not None:
+                    fail("--resume continues a run with its own config.yaml; give no other options")
+                result = train(None, resume=resume)  # type: ignore[arg-type]
+            else:
+                cfg = build_config(config, overrides)
+                if print_config:
+                    typer.echo(cfg.to_yaml())
+                    return
+                result = train(cfg)
+        best = "n/a" if result.best_epoch == 0 else f"{result.best_value:.4f} at epoch {result.best_epoch}"
+        typer.echo(f"run folder: {result.run_dir}  best: {best}")
+
+    @app.command("demo")
+    def demo_cmd(
+        out_dir: str = typer.Option("runs", help="Parent folder of the run."),
+        name: str = typer.Option("demo", help="Run folder name."),
+        epochs: int = typer.Option(12, help="Training epochs (192 tiles each)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo run."),
+        progress: str = typer.Option("bar", help="bar | quiet | json."),
+    ) -> None:
+        """Train a small U-Net on the embedded nuclei image; score it on a held-out region vs Otsu."""
+        from unetkit.training.demo import run_demo
+
+        with user_errors():
+            run_demo(out_dir=out_dir, name=name, overwrite=overwrite, epochs=epochs, progress=progress)

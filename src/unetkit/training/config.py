@@ -29,6 +29,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: Optional[str] = None  # a sample dataset name (unetkit.datasets), or None for folders
+    dataset_options: dict = field(default_factory=dict)  # e.g. synthetic-cells: size, count, num_classes
     images: Optional[str] = None  # image folder (or one folder holding images and masks)
     masks: Optional[str] = None  # mask folder
     mask_suffix: str = ""  # e.g. "_mask" when masks sit beside images
@@ -154,7 +155,8 @@ class TrainConfig:
 
 def _is_free_dict(key: str) -> bool:
     """Keys under free-form dicts (model.kwargs.*, loss.kwargs.*, data.normalize.*) may be new."""
-    return any(key.startswith(p) for p in ("model.kwargs.", "loss.kwargs.", "data.normalize.", "data.augmentation."))
+    return any(key.startswith(p) for p in ("model.kwargs.", "loss.kwargs.", "data.normalize.", "data.augmentation.",
+                                   "data.dataset_options."))
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

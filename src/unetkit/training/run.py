@@ -28,12 +28,14 @@ from unetkit.training.distributed import DistContext
 from unetkit.training.trainer import FitResult, Trainer, prepare_run_dir
 
 
-def train(config: TrainConfig, resume: str | Path | None = None, **trainer_kwargs: Any) -> FitResult:
+def train(config: TrainConfig | None, resume: str | Path | None = None, **trainer_kwargs: Any) -> FitResult:
     """Build the datasets of `config` and train; `resume` continues the run in that folder."""
     if resume is not None:
         resume = Path(resume)
         config = TrainConfig.from_yaml(resume / "config.yaml")
         run_dir = resume
+    elif config is None:
+        raise ConfigError("train() needs a config, or resume= a run folder")
     else:
         run_dir = Path(config.out_dir) / (config.name or _default_name(config))
         config.name = run_dir.name
@@ -59,14 +61,20 @@ def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -
     """(train set, validation set, metadata for the model file) for `config.data`."""
     data = config.data
     if data.dataset is not None:
-        from unetkit.datasets import load_dataset, write_dataset
+        from unetkit.datasets import DATASETS, load_dataset, write_dataset
 
-        sample = load_dataset(data.dataset)
-        if len(sample) == 1 and config.model.spatial_dims == 2:
+        dims = config.model.spatial_dims
+        if dims not in DATASETS.entry(data.dataset).info.get("dims", (2,)):
+            raise ConfigError(f"sample dataset '{data.dataset}' has no {dims}D version")
+        options = dict(data.dataset_options)
+        if len(DATASETS.entry(data.dataset).info.get("dims", (2,))) > 1:
+            options.setdefault("dims", dims)
+        sample = load_dataset(data.dataset, **options)
+        if len(sample) == 1 and dims == 2:
             return single_image_split(config, sample[0])
         folder = run_dir / "data"
         if not folder.exists():
-            write_dataset(data.dataset, folder)
+            write_dataset(data.dataset, folder, **options)
         images, masks = folder, None
     elif data.images is not None:
         images, masks = Path(data.images), Path(data.masks) if data.masks else None

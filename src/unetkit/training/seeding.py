@@ -29,18 +29,15 @@ def seed_everything(seed: int) -> None:
 
 class EpochSampler(Sampler):
     """Shuffled (or ordered) indices split across ranks like DistributedSampler, yielding
-    `(epoch, index)`. Each rank gets `len // world_size` samples (the tail is dropped when
-    `drop_last`, else padded by wrapping)."""
+    `(epoch, index)`. With `drop_last` each rank gets `len // world_size` samples; without it the
+    ranks share every sample once (uneven counts; used for validation, so no image counts twice)."""
 
     def __init__(self, length: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
                  drop_last: bool = False) -> None:
         self.length, self.shuffle, self.seed = length, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
-        if drop_last:
-            self.per_rank = length // world_size
-        else:
-            self.per_rank = -(-length // world_size)
+        self.per_rank = length // world_size if drop_last else len(range(rank, length, world_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -54,8 +51,8 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
-        total = self.per_rank * self.world_size
-        order = (order * (total // max(1, len(order)) + 1))[:total] if total > len(order) else order[:total]
+        if self.drop_last:
+            order = order[: self.per_rank * self.world_size]
         for index in order[self.rank::self.world_size]:
             yield self.epoch, index
 

@@ -83,6 +83,9 @@ class Trainer:
         self.model = model if model is not None else create_model(
             config.model.name, spatial_dims=config.model.spatial_dims, in_channels=config.model.in_channels,
             num_classes=config.model.num_classes, **config.model.kwargs)
+        if config.sync_batchnorm and self.device.type != "cuda":
+            raise ConfigError("sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); on the CPU "
+                              "use a per-sample norm (model.kwargs.norm=instance or group) for multi-process runs")
         if config.sync_batchnorm and self.dist.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
