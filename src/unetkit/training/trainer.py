@@ -289,9 +289,11 @@ class Trainer:
             acc.update(labels.cpu(), masks.cpu(), names=names)
             if self.dist.is_main and len(overlays) < self.cfg.overlays:
                 overlays.append((names[0], images[0].cpu(), masks[0].cpu(), labels[0].cpu()))
-        states = self.dist.gather_objects(acc.state_dict())
-        for state in states[1:]:
-            acc.merge(state)
+        if self.dist.enabled:  # every rank scores its share of the images; combine them all
+            states = self.dist.gather_objects(acc.state_dict())
+            acc = MetricAccumulator(num_classes=max(2, self.num_classes), include_background=False)
+            for state in states:
+                acc.merge(state)
         totals = self.dist.all_reduce_sum(torch.tensor([loss_sum, count], dtype=torch.float64))
         summary = acc.compute()
         metrics = {"loss": float(totals[0] / max(1.0, float(totals[1])))}
