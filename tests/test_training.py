@@ -161,7 +161,7 @@ def test_folder_training_from_a_written_sample_dataset(tmp_path, dims: int) -> N
         "data.dataset=synthetic-cells", f"model.spatial_dims={dims}", "model.num_classes=1",
         "model.kwargs.features=[4,8]", f"data.patch_size={size}", "data.batch_size=2", "data.num_workers=0",
         "data.samples_per_epoch=4", "epochs=1", "progress=quiet", "tensorboard=false", f"out_dir={tmp_path}",
-        "name=folder", "data.augmentation=light",
+        "name=folder", "data.augmentation=light", "data.dataset_options={size: 48, count: 4}",
     ])
     result = train(cfg)
     split = json.loads((result.run_dir / "splits.json").read_text())
