@@ -1,8 +1,92 @@
-"""CLI verbs (placeholder until its issue lands)."""
+"""`unetkit export`: a model file to ONNX (fp32) or int8 ONNX for CPU deployment."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from unetkit.cli.common import fail, user_errors
+
+
+def _calibration_batches(folder: Path, size: int, in_channels: int, spec: dict | None, limit: int = 32) -> list:
+    """Tiles of size x size from the images in `folder`, normalised like the model's training data."""
+    import numpy as np
+
+    from unetkit.data.io import is_image_file, read_image
+    from unetkit.export.quantize import image_tiles
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    if not files:
+        fail(f"{folder}: no image files for calibration")
+    tiles = []
+    for f in files:
+        img = read_image(f).astype(np.float32)
+        if img.ndim == 2:
+            img = img[None]
+        if img.shape[0] != in_channels:
+            fail(f"{f}: has {img.shape[0]} channels, the model expects {in_channels}")
+        img = _normalize(img, spec)
+        if min(img.shape[1:]) < size:
+            continue
+        tiles.append(image_tiles(img, size, stride=size))
+        if sum(len(t) for t in tiles) >= limit:
+            break
+    if not tiles:
+        fail(f"{folder}: no image is at least {size}x{size}")
+    arr = np.concatenate(tiles)[:limit]
+    return [arr[i:i + 4] for i in range(0, len(arr), 4)]
+
+
+def _normalize(img, spec: dict | None):
+    try:
+        from unetkit.data.normalize import normalize_image
+
+        return normalize_image(img, spec or {"mode": "percentile", "lower": 1.0, "upper": 99.8})
+    except ImportError:  # per-image 1 / 99.8 percentiles, as the default spec
+        import numpy as np
+
+        lo, hi = np.percentile(img, [1.0, 99.8])
+        return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to `app`."""
+    @app.command("export")
+    def export(
+        checkpoint: Path = typer.Argument(..., help="A unetkit model file (.safetensors)."),
+        format: str = typer.Option("onnx", "--format", help="onnx (fp32) or int8 (static, calibrated)."),
+        out: Path = typer.Option(..., "--out", help="Output .onnx path."),
+        size: int = typer.Option(256, help="Export / calibration tile size per spatial dim."),
+        calibration: Optional[Path] = typer.Option(None, help="Folder of images for int8 calibration."),
+        opset: int = typer.Option(18, help="ONNX opset."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    ) -> None:
+        """Export a model file to ONNX, or to int8 ONNX calibrated on real images."""
+        from unetkit import load_model
+
+        if format not in ("onnx", "int8"):
+            fail(f"--format must be onnx or int8, got '{format}'")
+        if format == "int8" and calibration is None:
+            fail("--format int8 needs --calibration DIR (images like the training data)")
+        if out.exists() and not overwrite:
+            fail(f"{out} exists; pass --overwrite to replace it")
+        with user_errors():
+            try:
+                from unetkit.export.onnx import export_onnx
+            except ImportError as err:
+                fail(str(err))
+            model = load_model(checkpoint)
+            cfg = model.unetkit_config
+            dims, in_ch = cfg.get("spatial_dims", 2), cfg.get("in_channels", 1)
+            shape = (1, in_ch, *([size] * dims))
+            if format == "onnx":
+                export_onnx(model, out, shape, opset=opset, overwrite=overwrite)
+            else:
+                from unetkit.export.quantize import quantize_int8
+
+                if dims != 2:
+                    fail("int8 calibration from an image folder supports 2D models")
+                spec = getattr(model, "unetkit_meta", {}).get("extra", {}).get("preprocess")
+                batches = _calibration_batches(calibration, size, in_ch, spec)
+                quantize_int8(model, batches, out, example_shape=shape, overwrite=overwrite)
+            typer.echo(f"wrote {out}")
