@@ -3,7 +3,7 @@
 in plain sequential code, default memory layout, no fusion.
 
 Its parameters and buffers are declared in the same order as unetkit's
-`UNet(spatial_dims=2, features=(64, 128, 256, 512, 1024))`, so `copy_weights_from(unetkit_model)`
+`UNet(spatial_dims=2, features=(64, 128, ...))` of any depth, so `copy_weights_from(unetkit_model)`
 copies a unetkit model's state dict into it by position and the two give the same outputs.
 """
 from __future__ import annotations
@@ -69,32 +69,23 @@ class OutConv(nn.Module):
 
 
 class ReferenceUNet(nn.Module):
-    """Seed-style U-Net: 4 poolings, widths `base * 2**i` (64..1024 by default)."""
+    """Seed-style U-Net: `depth - 1` poolings, widths `base * 2**i` (64..1024 by default)."""
 
-    def __init__(self, n_channels: int = 1, n_classes: int = 2, base: int = 64) -> None:
+    def __init__(self, n_channels: int = 1, n_classes: int = 2, base: int = 64, depth: int = 5) -> None:
         super().__init__()
-        f = [base * 2**i for i in range(5)]
+        f = [base * 2**i for i in range(depth)]
         self.inc = DoubleConv(n_channels, f[0])
-        self.down1 = Down(f[0], f[1])
-        self.down2 = Down(f[1], f[2])
-        self.down3 = Down(f[2], f[3])
-        self.down4 = Down(f[3], f[4])
-        self.up1 = Up(f[4], f[3])
-        self.up2 = Up(f[3], f[2])
-        self.up3 = Up(f[2], f[1])
-        self.up4 = Up(f[1], f[0])
+        self.downs = nn.ModuleList(Down(a, b) for a, b in zip(f, f[1:]))
+        self.ups = nn.ModuleList(Up(b, a) for a, b in reversed(list(zip(f, f[1:]))))
         self.outc = OutConv(f[0], n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.inc(x)
-        x2 = self.down1(x1)
-        x3 = self.down2(x2)
-        x4 = self.down3(x3)
-        x5 = self.down4(x4)
-        x = self.up1(x5, x4)
-        x = self.up2(x, x3)
-        x = self.up3(x, x2)
-        x = self.up4(x, x1)
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = up(x, skips.pop())
         return self.outc(x)
 
     @torch.no_grad()
@@ -113,11 +104,11 @@ class ReferenceUNet(nn.Module):
 
 
 def reference_for(model: nn.Module) -> ReferenceUNet:
-    """A ReferenceUNet with `model`'s weights (a unetkit 2D UNet of 5 levels, widths base*2**i)."""
+    """A ReferenceUNet with `model`'s weights (a unetkit 2D UNet whose widths double per level)."""
     cfg = getattr(model, "unetkit_config", {})
     feats = tuple(cfg.get("features", (64, 128, 256, 512, 1024)))
     base = feats[0]
-    if feats != tuple(base * 2**i for i in range(5)) or cfg.get("spatial_dims", 2) != 2:
-        raise ValueError(f"the reference covers 2D U-Nets of 5 levels with doubling widths, got {feats}")
-    ref = ReferenceUNet(cfg.get("in_channels", 1), cfg.get("num_classes", 2), base)
+    if feats != tuple(base * 2**i for i in range(len(feats))) or cfg.get("spatial_dims", 2) != 2:
+        raise ValueError(f"the reference covers 2D U-Nets whose widths double per level, got {feats}")
+    ref = ReferenceUNet(cfg.get("in_channels", 1), cfg.get("num_classes", 2), base, len(feats))
     return ref.copy_weights_from(model).train(model.training)
