@@ -127,8 +127,18 @@ def main() -> None:
     log(f"{gflops:.2f} GFLOP per image forward")
 
     img, mask = load_nuclei(args.image, args.mask)
-    half = img.shape[0] // 2  # calibrate on the top half, hold out the bottom half for Dice
-    calib = calibration_tiles(img[:half], min(size, half), batch, args.calibration_tiles)
+    # calibrate on the training part, score Dice on the held-out part: the model file's split when it
+    # has one (the demo's right 30%), else the top / bottom halves
+    region = getattr(model, "unetkit_meta", {}).get("extra", {}).get("split", {}).get("heldout_region")
+    if region:
+        x0 = region[2]
+        train_part, held_part, held_mask = img[:, :x0], img[:, x0:], mask[:, x0:]
+        held_name = f"held-out columns {x0}..{img.shape[1]} of {args.image.name} (the model's split)"
+    else:
+        half = img.shape[0] // 2
+        train_part, held_part, held_mask = img[:half], img[half:], mask[half:]
+        held_name = f"bottom half of {args.image.name}"
+    calib = calibration_tiles(train_part, min(size, *train_part.shape), batch, args.calibration_tiles)
 
     # ---- inference -----------------------------------------------------------------------------
     def ref_fn() -> torch.Tensor:
@@ -199,16 +209,17 @@ def main() -> None:
         from unetkit.export.onnx import OnnxPredictor
 
         q = OnnxPredictor(os.path.join(work, "model-int8.onnx"))
-        held = torch.from_numpy(np.ascontiguousarray(img[half:half + (img.shape[0] - half) // 16 * 16]))[None, None]
+        crop = tuple(slice(0, n // 16 * 16) for n in held_part.shape)
+        held = torch.from_numpy(np.ascontiguousarray(held_part[crop]))[None, None]
         with torch.no_grad():
             fp = model(held)
         qi = q(held)
         fp_fg, q_fg = foreground(fp), foreground(qi)
-        fid = {"held_out": f"bottom half of {args.image.name}, {tuple(held.shape[2:])}",
+        fid = {"held_out": f"{held_name}, {tuple(held.shape[2:])}",
                "max_abs_diff_logits": max_abs_diff(qi, fp), "agreement_dice_int8_vs_fp32": dice(q_fg, fp_fg),
                "pixel_agreement": float((q_fg == fp_fg).mean()), "fp32_foreground_fraction": float(fp_fg.mean())}
         if args.checkpoint:
-            tgt = mask[half:half + held.shape[2]].astype(bool)
+            tgt = held_mask[crop].astype(bool)
             fid["dice_fp32"] = dice(fp_fg[0], tgt)
             fid["dice_int8"] = dice(q_fg[0], tgt)
             fid["dice_difference"] = abs(fid["dice_fp32"] - fid["dice_int8"])
