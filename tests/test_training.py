@@ -168,3 +168,9 @@ def test_folder_training_from_a_written_sample_dataset(tmp_path, dims: int) -> N
     train_names, val_names = split["folds"][0]["train"], split["folds"][0]["val"]
     assert train_names and val_names and not set(train_names) & set(val_names)
     assert np.isfinite(result.history[-1]["val_loss"])
+
+
+def test_worker_count_does_not_change_the_result(tmp_path) -> None:
+    runs = [train(tiny_config(tmp_path, name=f"w{w}", epochs=1, **{"data.num_workers": w})) for w in (0, 1)]
+    a, b = (load_file(str(r.run_dir / "last.safetensors")) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

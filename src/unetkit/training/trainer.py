@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from unetkit.data.loader import make_loader
 from unetkit.errors import ConfigError, DataError, TrainingError
 from unetkit.io.checkpoint import save_model
 from unetkit.models import create_model
@@ -146,13 +147,9 @@ class Trainer:
         if train and len(sampler) < batch:
             raise ConfigError(f"the training set has {len(dataset)} samples, fewer than one batch "
                               f"({cfg.data.batch_size}); lower data.batch_size")
-        workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else _auto_workers()
-        return DataLoader(
-            SeededDataset(dataset, derive_seed(cfg.seed, 1 if train else 2)), batch_size=batch,
-            sampler=sampler, num_workers=workers, drop_last=train,
-            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+        return make_loader(SeededDataset(dataset, derive_seed(cfg.seed, 1 if train else 2)), batch_size=batch,
+                           shuffle=False, sampler=sampler, drop_last=train, seed=cfg.seed,
+                           num_workers="auto" if cfg.data.num_workers < 0 else cfg.data.num_workers)
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -469,7 +466,3 @@ def _auto_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _auto_workers() -> int:
-    import os
-
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
