@@ -179,15 +179,21 @@ def _weight_map_fn(config: TrainConfig):
 
 
 def window_infer(config: TrainConfig):
-    """Validation inference: whole images when small, sliding windows of patch_size otherwise."""
+    """Validation inference: whole images when small, sliding windows of patch_size otherwise;
+    valid-padding models always use overlap-tile windows (mirrored borders), so predictions
+    cover the whole image."""
+    from unetkit.inference.sliding_window import sliding_window_inference
+
     patch = [int(p) for p in config.data.patch_size]
 
     def infer(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        if getattr(model, "padding", "same") == "valid":
+            roi = [model.valid_input_sizes(p, 1)[0] for p in patch]
+            return sliding_window_inference(images, model, roi, overlap=0.25, output_size_fn=model.output_size,
+                                            device=images.device, output_device=images.device)
         if images[0, 0].numel() <= 4 * int(np.prod(patch)):
             out = model(images)
             return out[0] if isinstance(out, (list, tuple)) else out
-        from unetkit.inference.sliding_window import sliding_window_inference
-
         return sliding_window_inference(images, model, patch, overlap=0.25, device=images.device,
                                         output_device=images.device)
 

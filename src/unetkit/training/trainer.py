@@ -28,6 +28,7 @@ from unetkit.data.loader import make_loader
 from unetkit.errors import ConfigError, DataError, TrainingError
 from unetkit.io.checkpoint import save_model
 from unetkit.models import create_model
+from unetkit.models.blocks import center_crop
 from unetkit.training import artifacts as runlog
 from unetkit.training.config import TrainConfig
 from unetkit.training.distributed import DistContext
@@ -234,6 +235,7 @@ class Trainer:
         no_sync = self.net.no_sync if (self.dist.enabled and not sync) else contextlib.nullcontext
         with no_sync(), torch.autocast(self.device.type, enabled=self.amp):
             outputs = self.net(images)
+            masks, weight = _crop_targets(outputs, masks, weight)
             loss = self.loss_fn(outputs, masks, weight) if weight is not None else self.loss_fn(outputs, masks)
         if torch.isfinite(loss):
             self.scaler.scale(loss / self.cfg.accumulate).backward()
@@ -431,6 +433,16 @@ def build_loss(config: TrainConfig) -> nn.Module:
     if config.model.kwargs.get("deep_supervision"):
         loss = DeepSupervisionLoss(loss, weights=config.loss.deep_supervision_weights)
     return loss
+
+
+def _crop_targets(outputs: torch.Tensor | list[torch.Tensor], masks: torch.Tensor, weight: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Valid-padding models (the 2015 network) predict the centre of their input: crop the
+    targets (and weight maps) to the output, as the paper's overlap-tile training does."""
+    size = (outputs[0] if isinstance(outputs, (list, tuple)) else outputs).shape[2:]
+    if masks.shape[2:] == size:
+        return masks, weight
+    return center_crop(masks, size), center_crop(weight, size) if weight is not None else None
 
 
 def _is_deep_supervision(loss: nn.Module) -> bool:
