@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "unetkit.cli.evaluate_cmd",
     "unetkit.cli.export_cmd",
     "unetkit.cli.bench_cmd",
+    "unetkit.cli.paradigms_cmd",
 ]
 
 

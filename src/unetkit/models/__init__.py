@@ -12,6 +12,9 @@ from unetkit.models.transunet import TransUNet
 from unetkit.models.swin_unet import SwinUNet
 from unetkit.models.nnformer import NNFormer
 from unetkit.models.hybrid import DECODERS, ENCODERS, hybrid
+from unetkit.models.multitask import MultiTaskLoss, MultiTaskUNet
+from unetkit.models.temporal import TemporalUNet
+from unetkit.models.multimodal import MultiModalUNet
 
 __all__ = [
     "MODELS", "create_model", "list_models", "model_info", "register_model",
@@ -19,4 +22,5 @@ __all__ = [
     "count_flops", "count_parameters", "model_flops",
     "UNetPlusPlus", "AttentionUNet", "attention_maps", "UNet3Plus", "MobileUNet", "unet_lite", "unet_realtime",
     "TransUNet", "SwinUNet", "NNFormer", "ENCODERS", "DECODERS", "hybrid",
+    "MultiTaskUNet", "MultiTaskLoss", "TemporalUNet", "MultiModalUNet",
 ]
