@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         out_dir: str = typer.Option("runs", help="Parent folder of the run."),
         name: str = typer.Option("demo", help="Run folder name."),
-        epochs: int = typer.Option(12, help="Training epochs (192 tiles each)."),
+        epochs: int = typer.Option(20, help="Training epochs (192 tiles each)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo run."),
         progress: str = typer.Option("bar", help="bar | quiet | json."),
     ) -> None:

@@ -20,7 +20,7 @@ from unetkit.training.config import TrainConfig
 HELDOUT_FRACTION = 0.3
 
 
-def demo_config(out_dir: str = "runs", name: str = "demo", overwrite: bool = False, epochs: int = 12,
+def demo_config(out_dir: str = "runs", name: str = "demo", overwrite: bool = False, epochs: int = 20,
                 progress: str = "bar") -> TrainConfig:
     """The demo's run: a 4-level U-Net (16..128 channels) on 128x128 tiles, BCE + Dice, Adam with
     warm-up and cosine decay. (Touching nuclei are split after prediction by a watershed; training
@@ -48,7 +48,7 @@ def demo_config(out_dir: str = "runs", name: str = "demo", overwrite: bool = Fal
     return config
 
 
-def run_demo(out_dir: str = "runs", name: str = "demo", overwrite: bool = False, epochs: int = 12,
+def run_demo(out_dir: str = "runs", name: str = "demo", overwrite: bool = False, epochs: int = 20,
              progress: str = "bar", min_size: int = 20) -> dict[str, Any]:
     """Train, evaluate, print the comparison table; returns the report (also in report_demo.json)."""
     from unetkit.datasets import load_dataset
