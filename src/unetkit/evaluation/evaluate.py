@@ -27,6 +27,7 @@ from unetkit.errors import DataError
 from unetkit.evaluation.measure import match_instances, write_rows_csv
 from unetkit.evaluation.postprocess import instances_from_labels
 from unetkit.io.atomic import atomic_path
+from unetkit.io.figures import new_figure, save_figure
 from unetkit.metrics import confusion_counts, dice, hausdorff_distance_95, iou, precision, recall
 
 OUTPUTS = ("per_image.csv", "per_class.csv", "summary.json", "dice.png")
@@ -226,16 +227,13 @@ def _json_safe(value: Any) -> Any:
 
 def dice_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Per-image Dice distribution: histogram (one colour per class) and a box plot per class."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     from unetkit.inference.overlay import DEFAULT_COLORS
 
     names = list(dict.fromkeys(r["class_name"] for r in rows))
     values = [[r["dice"] for r in rows if r["class_name"] == n] for n in names]
-    fig, (hist, box) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig = new_figure((10, 4))
+    hist, box = fig.subplots(1, 2)
     bins = np.linspace(0.0, 1.0, 21)
     for i, (name, v) in enumerate(zip(names, values)):
         hist.hist(v, bins=bins, alpha=0.6, label=name, color=DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
@@ -248,10 +246,4 @@ def dice_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, overwrite
     box.set_ylabel("Dice per image")
     fig.suptitle(f"Dice over {len({r['image'] for r in rows})} images")
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, overwrite=overwrite)

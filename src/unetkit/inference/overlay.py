@@ -1,4 +1,4 @@
-"""Overlay figures: image | mask | overlay, a colour per class, written as PNG (matplotlib Agg)."""
+"""Overlay figures: image | mask | overlay, a colour per class, written as PNG."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from unetkit.io.atomic import atomic_path
+from unetkit.io.figures import new_figure, save_figure
 
 # class 1, 2, ... colours (tab10 without its grey), RGB in [0, 1]
 DEFAULT_COLORS = [
@@ -60,10 +60,6 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, path: str | os.PathLik
         class_colors: RGB in [0, 1] for classes 1, 2, ...
         class_names: names indexed by class id, shown in a legend.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     labels = _as_class_map(np.asarray(labels))
@@ -74,7 +70,8 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, path: str | os.PathLik
     blend = np.where((labels > 0)[..., None], (1 - alpha) * shown + alpha * colored, shown)
     height, width = labels.shape
     scale = 4.0 / max(height, width)
-    fig, axes = plt.subplots(1, 3, figsize=(3 * width * scale + 0.6, height * scale + 0.8), dpi=100)
+    fig = new_figure((3 * width * scale + 0.6, height * scale + 0.8))
+    axes = fig.subplots(1, 3)
     for ax, panel, name in zip(axes, (shown, colored, blend), ("image", "mask", "overlay")):
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(name)
@@ -89,13 +86,7 @@ def overlay_figure(image: np.ndarray, labels: np.ndarray, path: str | os.PathLik
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, overwrite=overwrite)
 
 
 def _as_class_map(labels: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from unetkit.io.atomic import atomic_path
+from unetkit.io.figures import new_figure, save_figure
 
 
 def separate_touching(labels: np.ndarray) -> np.ndarray:
@@ -109,7 +109,6 @@ def plot_weight_map(image_or_mask: np.ndarray, weight_map: np.ndarray, path: str
     Accepts `(H, W)`, channel-first `(C, H, W)` images, or 3D `(D, H, W)` arrays with a matching
     3D weight map (the middle slice is shown).
     """
-    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
     weight_map = np.asarray(weight_map)
     image = np.asarray(image_or_mask)
@@ -118,7 +117,7 @@ def plot_weight_map(image_or_mask: np.ndarray, weight_map: np.ndarray, path: str
         weight_map, image = weight_map[mid], image[mid] if image.ndim == 3 else image
     if image.ndim == 3:  # channel-first image
         image = image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1)
-    fig = Figure(figsize=(10, 4.5))
+    fig = new_figure((10, 4.5))
     axes = fig.subplots(1, 2)
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("input")
@@ -128,6 +127,4 @@ def plot_weight_map(image_or_mask: np.ndarray, weight_map: np.ndarray, path: str
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(path)
+    return save_figure(fig, path, overwrite=overwrite)

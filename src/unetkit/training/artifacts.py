@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.io.atomic import atomic_path
+from unetkit.io.figures import new_figure, save_figure
 
 
 def write_history_csv(history: list[dict[str, Any]], path: Path) -> None:
@@ -34,13 +35,9 @@ def _jsonable(value: Any) -> Any:
 
 def plot_curves(history: list[dict[str, Any]], path: Path, monitor: str = "dice") -> None:
     """Training/validation loss and validation metrics per epoch, in two panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure((11, 4), dpi=90)
+    ax_loss, ax_metric = fig.subplots(1, 2)
     for key, style in (("train_loss", "-"), ("val_loss", "--")):
         pts = [(e, r[key]) for e, r in zip(epochs, history) if _finite(r.get(key))]
         if pts:
@@ -56,9 +53,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, monitor: str = "dice"
     if metric_keys:
         ax_metric.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _finite(value: Any) -> bool:
