@@ -182,3 +182,15 @@ def test_valid_padding_network_trains_on_cropped_targets(tmp_path) -> None:
     result = train(cfg)  # 92 -> 52: the loss sees the centre of each tile, validation uses overlap-tile
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
     assert 0.0 <= result.history[-1]["val_dice"] <= 1.0
+
+
+def test_deep_supervision_accumulation_clipping_and_json_log(tmp_path, capsys) -> None:
+    cfg = tiny_config(tmp_path, epochs=2, progress="json", accumulate=2, grad_clip=1.0, **{
+        "model.kwargs.deep_supervision": True, "optim.name": "sgd", "optim.lr": 0.01, "schedule.name": "step",
+        "schedule.step_size": 1, "schedule.gamma": 0.5})
+    result = train(cfg)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [row["epoch"] for row in lines] == [1, 2]
+    assert result.history[-1]["steps"] == 2  # 2 batches per epoch, one optimiser step per 2 batches
+    assert [row["lr"] for row in lines] == pytest.approx([0.01, 0.005])  # halved after the first epoch
+    assert all(np.isfinite(row["train_loss"]) for row in lines)

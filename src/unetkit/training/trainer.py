@@ -190,6 +190,7 @@ class Trainer:
         totals = torch.zeros(3, dtype=torch.float64)  # loss * n, n, non-finite flag
         data_time = compute_time = 0.0
         images_seen = 0
+        lr_at_start = self.schedule.lr  # the rate this epoch starts with (logged)
         bar = self._progress(len(self.train_loader), f"epoch {epoch}/{cfg.epochs}")
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
@@ -223,7 +224,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         elapsed = data_time + compute_time
-        return {"train_loss": float(totals[0] / max(1.0, float(totals[1]))), "lr": self.schedule.lr,
+        return {"train_loss": float(totals[0] / max(1.0, float(totals[1]))), "lr": lr_at_start,
                 "images_per_s": images_seen / max(1e-9, elapsed),
                 "data_wait_fraction": data_time / max(1e-9, elapsed), "steps": self.step}
 
@@ -446,7 +447,9 @@ def _crop_targets(outputs: torch.Tensor | list[torch.Tensor], masks: torch.Tenso
 
 
 def _is_deep_supervision(loss: nn.Module) -> bool:
-    return type(loss).__name__ == "DeepSupervisionLoss"
+    from unetkit.losses import DeepSupervisionLoss
+
+    return isinstance(loss, DeepSupervisionLoss)
 
 
 def _whole_image_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
