@@ -194,3 +194,15 @@ def test_deep_supervision_accumulation_clipping_and_json_log(tmp_path, capsys) -
     assert result.history[-1]["steps"] == 2  # 2 batches per epoch, one optimiser step per 2 batches
     assert [row["lr"] for row in lines] == pytest.approx([0.01, 0.005])  # halved after the first epoch
     assert all(np.isfinite(row["train_loss"]) for row in lines)
+
+
+def test_training_refuses_a_broken_folder_and_leaves_no_run_folder(tmp_path) -> None:
+    from unetkit.datasets import write_dataset
+
+    data = write_dataset("synthetic-cells", tmp_path / "data", size=32, count=4)
+    (data / "images" / "cells_001.tif").write_bytes(b"II*\x00 truncated")
+    cfg = TrainConfig().with_overrides([f"data.images={data}", "model.num_classes=1", f"out_dir={tmp_path}",
+                                        "name=broken", "progress=quiet"])
+    with pytest.raises(DataError, match=r"problems found by check-data(.|\n)*images/cells_001.tif"):
+        train(cfg)
+    assert not (tmp_path / "broken").exists()

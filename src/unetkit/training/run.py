@@ -15,6 +15,7 @@ Data sources (config.data):
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,12 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
         config.name = run_dir.name
     dist = DistContext.from_env("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     prepare_run_dir(config, run_dir, resume is not None, dist)
-    train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None)
+    try:
+        train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None)
+    except Exception:
+        if resume is None and dist.is_main:  # the folder holds nothing but what we just wrote
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
                       extra_meta=meta, infer=window_infer(config), run_dir_ready=True, **trainer_kwargs)
     try:
