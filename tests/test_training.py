@@ -203,6 +203,6 @@ def test_training_refuses_a_broken_folder_and_leaves_no_run_folder(tmp_path) -> 
     (data / "images" / "cells_001.tif").write_bytes(b"II*\x00 truncated")
     cfg = TrainConfig().with_overrides([f"data.images={data}", "model.num_classes=1", f"out_dir={tmp_path}",
                                         "name=broken", "progress=quiet"])
-    with pytest.raises(DataError, match=r"problems found by check-data(.|\n)*images/cells_001.tif"):
+    with pytest.raises(DataError, match=r"1 problem found by check-data(.|\n)*images/cells_001.tif  unreadable or truncated"):
         train(cfg)
     assert not (tmp_path / "broken").exists()
