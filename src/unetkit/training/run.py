@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from unetkit.errors import ConfigError
 from unetkit.training.config import TrainConfig
 from unetkit.training.distributed import DistContext
-from unetkit.training.trainer import FitResult, Trainer, prepare_run_dir
+from unetkit.training.trainer import FitResult, Trainer, default_run_name, prepare_run_dir
 
 
 def train(config: TrainConfig | None, resume: str | Path | None = None, **trainer_kwargs: Any) -> FitResult:
@@ -34,13 +34,14 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
     if resume is not None:
         resume = Path(resume)
         config = TrainConfig.from_yaml(resume / "config.yaml")
-        run_dir = resume
     elif config is None:
         raise ConfigError("train() needs a config, or resume= a run folder")
-    else:
-        run_dir = Path(config.out_dir) / (config.name or _default_name(config))
-        config.name = run_dir.name
     dist = DistContext.from_env("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
+    if resume is not None:
+        run_dir = resume
+    else:
+        run_dir = Path(config.out_dir) / dist.broadcast_object(default_run_name(config))
+        config.name = run_dir.name
     prepare_run_dir(config, run_dir, resume is not None, dist)
     try:
         train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None)
@@ -54,13 +55,6 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
         return trainer.fit()
     finally:
         trainer.dist.close()
-
-
-def _default_name(config: TrainConfig) -> str:
-    from datetime import datetime
-
-    name = f"{datetime.now():%Y%m%d-%H%M%S}-{config.model.name}"
-    return DistContext.from_env().broadcast_object(name)
 
 
 def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -> tuple[Dataset, Dataset, dict]:

@@ -115,8 +115,7 @@ class Trainer:
         self.bad_validations = 0
         self._improved = False
         if run_dir is None:
-            run_dir = Path(config.out_dir) / self.dist.broadcast_object(
-                config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.model.name}")
+            run_dir = Path(config.out_dir) / self.dist.broadcast_object(default_run_name(config))
         self.run_dir = Path(run_dir)
         if not run_dir_ready:
             prepare_run_dir(config, self.run_dir, resume, self.dist)
@@ -401,6 +400,11 @@ class Trainer:
             dice = _dice(pred[0].numpy() > 0, mask[0].numpy() > 0)
             overlay_figure(image.float().numpy(), pred[0].numpy(), folder / f"epoch{epoch:03d}_{name}.png",
                            title=f"{name}, epoch {epoch}: foreground Dice {dice:.3f}", overwrite=True)
+
+
+def default_run_name(config: TrainConfig) -> str:
+    """`name`, or a timestamp and the model name (broadcast from rank 0 by the callers)."""
+    return config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.model.name}"
 
 
 def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, dist: DistContext) -> None:
