@@ -1,5 +1,6 @@
-"""DDP under torchrun (2 processes, gloo, CPU) against one process on the same global batch,
-and a run killed with SIGKILL mid-epoch that resumes to the uninterrupted result."""
+"""DDP under torchrun (2 processes, gloo, CPU) against one process on the same global batch
+(BCE + batch Dice: the Dice counts are summed over the processes), and a run killed with SIGKILL
+mid-epoch that resumes to the uninterrupted result."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 TRAIN_ARGS = [
     "train", "--dataset", "dsb2018-nuclei", "--features", "4,8,16", "--patch-size", "48,48",
-    "--batch-size", "4", "--num-classes", "1", "--loss", "ce", "--lr", "3e-3", "--progress", "quiet",
+    "--batch-size", "4", "--num-classes", "1", "--loss", "combo", "--lr", "3e-3", "--progress", "quiet",
     "--set", "data.samples_per_epoch=16", "--set", "data.num_workers=0", "--set", "tensorboard=false",
     "--set", "model.kwargs.norm=instance", "--set", "data.augmentation=light", "--set", "overlays=0",
 ]

@@ -75,11 +75,26 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, *, 
 
 
 def soft_counts(probs: Tensor, dense: Tensor, valid: Tensor, per_image: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Soft tp, fp, fn over valid pixels: `(N, K)` when `per_image`, else `(K,)` (summed over the batch)."""
+    """Soft tp, fp, fn over valid pixels: `(N, K)` when `per_image`, else `(K,)` (summed over the batch).
+
+    Batch counts while training under DDP are summed over every process (a differentiable
+    all-reduce), so batch Dice sees the global batch, as in a single process.
+    """
     dims = tuple(range(2, probs.dim())) if per_image else (0, *range(2, probs.dim()))
     p, t = probs * valid, dense * valid
     tp = (p * t).sum(dims)
-    return tp, p.sum(dims) - tp, t.sum(dims) - tp
+    counts = torch.stack([tp, p.sum(dims) - tp, t.sum(dims) - tp])
+    if not per_image and torch.is_grad_enabled() and _world_size() > 1:  # not in (uneven) validation
+        from torch.distributed.nn.functional import all_reduce
+
+        counts = all_reduce(counts)
+    return counts[0], counts[1], counts[2]
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _class_mean(score: Tensor, mode: str, include_background: bool,
