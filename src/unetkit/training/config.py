@@ -95,7 +95,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     accumulate: int = 1
     amp: str = "auto"  # auto (on with CUDA) | on | off
-    channels_last: str = "auto"
+    channels_last: str = "auto"  # auto / on: NHWC for 2D models (faster on CUDA and CPU) | off
     sync_batchnorm: bool = False
     seed: int = 0
     out_dir: str = "runs"

@@ -132,8 +132,12 @@ class Trainer:
                                         and self.cfg.device in ("auto", "cuda"))
 
     def _channels_last(self) -> bool:
+        """NHWC for 2D models unless turned off: faster on CUDA and, measured here, on the CPU too
+        (1.2-1.4x per training step; benchmarks/bench_unet_cpu.py)."""
         mode = self.cfg.channels_last
-        return self.cfg.model.spatial_dims == 2 and (mode == "on" or (mode == "auto" and self.device.type == "cuda"))
+        if mode not in ("auto", "on", "off"):
+            raise ConfigError(f"'channels_last' must be auto, on or off, got '{mode}'")
+        return self.cfg.model.spatial_dims == 2 and mode != "off"
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         cfg = self.cfg
