@@ -109,10 +109,14 @@ def write_dataset(name: str, out_dir: str | os.PathLike, overwrite: bool = False
         out_dir/instances/<name>.tif   instance ids (.nii.gz in 3D)
         out_dir/SOURCE.md              attribution
     """
+    return write_samples(load_dataset(name, **kwargs), out_dir, overwrite=overwrite)
+
+
+def write_samples(dataset: SampleDataset, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write an already loaded sample dataset in the layout of `write_dataset`."""
     from unetkit.data.io import VolumeMeta, write_image, write_mask
     from unetkit.io.atomic import atomic_path
 
-    dataset = load_dataset(name, **kwargs)
     out = Path(out_dir)
     for sample in dataset.samples:
         three_d = sample.image.ndim == 4
@@ -127,4 +131,4 @@ def write_dataset(name: str, out_dir: str | os.PathLike, overwrite: bool = False
 
 
 __all__ = ["DATASETS", "Sample", "SampleDataset", "generate_cells", "list_datasets", "load_dataset",
-           "write_dataset"]
+           "write_dataset", "write_samples"]

@@ -61,20 +61,21 @@ def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -
     """(train set, validation set, metadata for the model file) for `config.data`."""
     data = config.data
     if data.dataset is not None:
-        from unetkit.datasets import DATASETS, load_dataset, write_dataset
+        from unetkit.datasets import DATASETS, load_dataset, write_samples
 
         dims = config.model.spatial_dims
-        if dims not in DATASETS.entry(data.dataset).info.get("dims", (2,)):
+        supported = DATASETS.entry(data.dataset).info.get("dims", (2,))
+        if dims not in supported:
             raise ConfigError(f"sample dataset '{data.dataset}' has no {dims}D version")
         options = dict(data.dataset_options)
-        if len(DATASETS.entry(data.dataset).info.get("dims", (2,))) > 1:
+        if len(supported) > 1:
             options.setdefault("dims", dims)
         sample = load_dataset(data.dataset, **options)
         if len(sample) == 1 and dims == 2:
             return single_image_split(config, sample[0])
         folder = run_dir / "data"
         if not folder.exists():
-            write_dataset(data.dataset, folder, **options)
+            write_samples(sample, folder)  # the samples just generated, not a second generation
         images, masks = folder, None
     elif data.images is not None:
         images, masks = Path(data.images), Path(data.masks) if data.masks else None
