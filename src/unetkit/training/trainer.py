@@ -392,18 +392,17 @@ class Trainer:
         return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
     def _write_overlays(self, epoch: int, items: list[tuple[str, Any, Any, Any]]) -> None:
-        try:
-            from unetkit.inference.overlay import overlay_figure
-        except ImportError:
-            return
+        from unetkit.inference.overlay import overlay_figure
+        from unetkit.metrics import confusion_counts, dice
+
         folder = self.run_dir / "overlays"
         folder.mkdir(exist_ok=True)
         for name, image, mask, pred in items:
             if image.dim() != 3:  # 2D only
                 continue
-            dice = _dice(pred[0].numpy() > 0, mask[0].numpy() > 0)
+            foreground = dice(confusion_counts((pred[None] > 0).long(), (mask[None] > 0).long(), 2))[0, 1]
             overlay_figure(image.float().numpy(), pred[0].numpy(), folder / f"epoch{epoch:03d}_{name}.png",
-                           title=f"{name}, epoch {epoch}: foreground Dice {dice:.3f}", overwrite=True)
+                           title=f"epoch {epoch}\nDice {float(foreground):.3f}", overwrite=True)
 
 
 def default_run_name(config: TrainConfig) -> str:
@@ -478,11 +477,6 @@ def _flatten_summary(summary: dict[str, Any]) -> dict[str, float]:
         elif isinstance(value, (int, float)):
             flat[name] = float(value)
     return flat
-
-
-def _dice(pred: Any, truth: Any) -> float:
-    total = pred.sum() + truth.sum()
-    return float(2 * (pred & truth).sum() / total) if total else 1.0
 
 
 def _auto_device() -> torch.device:
