@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from unetkit.cli.common import user_errors
+from unetkit.cli.common import size_list, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         split: bool = typer.Option(False, "--split", help="Split touching predicted objects (watershed)."),
         iou: float = typer.Option(0.5, "--iou", help="IoU threshold for object matching."),
         no_hd95: bool = typer.Option(False, "--no-hd95", help="Skip the 95% Hausdorff distance."),
-        roi: Optional[List[int]] = typer.Option(None, "--roi", help="Window size when predicting."),
+        roi: Optional[str] = typer.Option(None, "--roi", callback=size_list, metavar="N[,N..]",
+                                           help="Window size when predicting: 256 or 256,256 (one per axis)."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation when predicting."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),

@@ -69,12 +69,22 @@ def _record_init(cls: type, name: str) -> None:
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model: `create_model("unet", spatial_dims=3, features=(8, 16, 32))`."""
-    entry = MODELS.entry(name)
+    entry = MODELS.check_kwargs(name, kwargs)
     model = entry.factory(**kwargs)
     if not isinstance(entry.factory, type):  # a preset: remember the preset and its arguments
         model.unetkit_arch = name
         model.unetkit_config = _bound_config(entry.factory, (), kwargs, skip_self=False)
     return model
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest side a same-padding model takes without running out of pixels: its encoder's
+    total stride (1 when unknown, e.g. valid-padding models that mirror their input to a valid size)."""
+    if getattr(model, "padding", "same") == "valid":
+        return 1
+    encoder = getattr(model, "encoder", None)
+    strides = list(getattr(encoder, "strides", None) or [1])
+    return max(int(strides[-1]), int(getattr(model, "size_divisor", 1) or 1), 1)
 
 
 def list_models(pattern: str = "*") -> list[str]:
