@@ -99,9 +99,12 @@ def test_label_value_beyond_num_classes(tmp_path):
 def test_empty_mask(tmp_path):
     root = make_folder(tmp_path / "d")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / "img2.png")
-    _, found = problems(root)
+    report, found = problems(root)  # negative examples are normal: a warning, not a problem
+    assert report.ok and [(w[0].split("/")[-1], w[1]) for w in report.warnings] == \
+        [("img2.png", "empty mask (background only)")]
+    _, found = problems(root, strict=True)
     assert found == {("img2.png", "empty mask")}
-    assert check_dataset(root, allow_empty=True).ok
+    assert check_dataset(root, allow_empty=True).ok and not check_dataset(root, allow_empty=True).warnings
 
 
 def test_mixed_channel_counts(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 import typer
 from typer.core import TyperGroup
 
-from unetkit.errors import ConfigError, UnetkitError
+from unetkit.errors import ConfigError, Interrupted, UnetkitError
 
 DEBUG_ENV = "UNETKIT_DEBUG"
 
@@ -41,6 +41,8 @@ def describe_error(err: BaseException) -> tuple[str, int] | None:
 
     if isinstance(err, KeyboardInterrupt):
         return "interrupted", 130
+    if isinstance(err, Interrupted):  # not an error: the user asked, and the message says how to go on
+        return str(err), Interrupted.exit_code
     if isinstance(err, (UnetkitError, CheckpointError)):
         return f"error: {err}", int(getattr(err, "exit_code", 1))
     if isinstance(err, OSError):
@@ -127,6 +129,7 @@ positive = in_range(1)
 non_negative = in_range(0)
 fraction = in_range(0.0, 1.0, high_open=True)
 probability = in_range(0.0, 1.0)
+spatial_dims = in_range(2, 3)
 
 
 def choice(options: Sequence[str]) -> Callable[[Any, Any, Any], Any]:

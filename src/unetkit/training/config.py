@@ -121,6 +121,11 @@ class TrainConfig:
             (self.accumulate >= 1, "accumulate", "at least 1"),
             (self.progress in ("bar", "quiet", "json"), "progress", "bar, quiet or json"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "at least 1"),
+            (self.optim.name.lower() in ("adam", "adamw", "sgd"), "optim.name", "adam, adamw or sgd"),
+            (self.optim.name.lower() != "sgd" or not self.optim.nesterov or self.optim.momentum > 0,
+             "optim.momentum", "> 0 for SGD with Nesterov momentum (or set optim.nesterov=false)"),
+            (self.schedule.name in ("plateau", "cosine", "step", "poly", "none"), "schedule.name",
+             "plateau, cosine, step, poly or none"),
             (all(isinstance(p, int) and p >= 1 for p in self.data.patch_size), "data.patch_size",
              "positive integers"),
         ]

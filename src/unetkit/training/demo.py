@@ -18,6 +18,7 @@ import numpy as np
 from unetkit.training.config import TrainConfig
 
 HELDOUT_FRACTION = 0.3
+SPLIT_MIN_DISTANCE = 7  # watershed markers at least this far apart when splitting touching nuclei
 
 
 def demo_config(out_dir: str = "runs", name: str = "demo", overwrite: bool = False, epochs: int = 20,
@@ -101,17 +102,18 @@ def otsu_mask(image: np.ndarray) -> np.ndarray:
 
 
 def score(mask: np.ndarray, truth_instances: np.ndarray, min_size: int) -> dict[str, float]:
-    """Pixel Dice / IoU and object counts and F1 (IoU >= 0.5) of a binary mask."""
-    from unetkit.evaluation.measure import match_instances
-    from unetkit.evaluation.postprocess import remove_small_instances, split_touching
+    """Pixel Dice / IoU and object counts and F1 (IoU >= 0.5) of a binary mask: the objects scored by
+    `unetkit.evaluation.object_scores`, as `unetkit evaluate --objects --split --min-distance 7
+    --min-size 20` scores them against the instance labels."""
+    from unetkit.evaluation.evaluate import object_scores
 
     truth = truth_instances > 0
     inter, total = float((mask & truth).sum()), float(mask.sum() + truth.sum())
     union = float((mask | truth).sum())
-    instances = remove_small_instances(split_touching(mask, min_distance=7), min_size)
-    objects = match_instances(instances, truth_instances, iou_threshold=0.5)
+    objects = object_scores(mask.astype(np.int64), true_instances=truth_instances, split=True,
+                            min_distance=SPLIT_MIN_DISTANCE, min_size=min_size, iou_threshold=0.5)
     return {"dice": 2 * inter / total if total else 1.0, "iou": inter / union if union else 1.0,
-            "nuclei": int(len(np.unique(instances)) - 1), "object_precision": objects["precision"],
+            "nuclei": objects["pred_objects"], "object_precision": objects["precision"],
             "object_recall": objects["recall"], "object_f1": objects["f1"]}
 
 

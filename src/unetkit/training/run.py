@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from unetkit.errors import ConfigError
 from unetkit.training.config import TrainConfig
 from unetkit.training.distributed import DistContext
-from unetkit.training.runfolder import RunFolder
+from unetkit.training.runfolder import RunFolder, sigterm_as_interrupt
 from unetkit.training.trainer import FitResult, Trainer, build_loss, default_run_name
 
 
@@ -50,13 +50,15 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
         run_dir = Path(config.out_dir) / dist.broadcast_object(default_run_name(config))
         config.name = run_dir.name
     RunFolder(run_dir, config, dist).check(resume is not None)  # refuse before reading the data
-    folder = RunFolder(run_dir, config, dist).open(resume is not None)  # a replaced run is moved aside
+    folder = RunFolder(run_dir, config, dist)
     try:
-        train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None,
-                                                  min_size=model_min_size)
-        trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
-                          extra_meta=meta, infer=window_infer(config), run_dir_ready=True, run_folder=folder,
-                          **trainer_kwargs)
+        with sigterm_as_interrupt():
+            folder.open(resume is not None)  # a replaced run is moved aside
+            train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None,
+                                                      min_size=model_min_size)
+            trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
+                              extra_meta=meta, infer=window_infer(config), run_dir_ready=True,
+                              run_folder=folder, **trainer_kwargs)
     except BaseException:
         folder.abandon()  # nothing half-made kept; a replaced run is put back
         raise

@@ -15,12 +15,15 @@ run id, creation time). The rules:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
+import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from unetkit.errors import ConfigError
 
@@ -57,6 +60,7 @@ class RunFolder:
         self.run_id = uuid.uuid4().hex[:12]
         self.replaced: Path | None = None  # the previous run, moved aside until the new one has started
         self.committed = False
+        self.created = False  # this object made the folder (only then may abandon remove it)
 
     @property
     def _main(self) -> bool:
@@ -99,6 +103,7 @@ class RunFolder:
                 self.replaced = run_dir.parent / f".{run_dir.name}.replaced-{self.run_id}"
                 run_dir.rename(self.replaced)
             try:
+                self.created = True
                 (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                 self.config.to_yaml(run_dir / "config.yaml")
                 from unetkit.training.artifacts import write_json
@@ -129,10 +134,28 @@ class RunFolder:
         if self.resume or not self._main or has_checkpoint(self.run_dir):
             return False
         removed = False
-        if self.run_dir.exists() and (is_run_folder(self.run_dir) or not any(self.run_dir.iterdir())):
+        if self.created and self.run_dir.exists():
             shutil.rmtree(self.run_dir, ignore_errors=True)
             removed = True
         if self.replaced is not None and self.replaced.exists() and not self.run_dir.exists():
             self.replaced.rename(self.run_dir)
             self.replaced = None
         return removed
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While setting a run up, SIGTERM raises KeyboardInterrupt like SIGINT does, so the half-made
+    folder is cleaned up (RunFolder.abandon) instead of the process dying mid-way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -222,8 +222,9 @@ class Trainer:
                 raise KeyboardInterrupt  # asked twice: abandon the step (nothing half-written is kept)
             self._stop_signal = signum
             if self.dist.is_main:
-                print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to abandon it)",
-                      file=sys.stderr, flush=True)
+                with contextlib.suppress(OSError):  # stderr may be a closed pipe
+                    print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to abandon "
+                          "it)", file=sys.stderr, flush=True)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -497,8 +498,9 @@ class Trainer:
             if image.dim() != 3:  # 2D only
                 continue
             foreground = dice(confusion_counts((pred[None] > 0).long(), (mask[None] > 0).long(), 2))[0, 1]
+            truth = mask[0].numpy() if mask.shape[-2:] == pred.shape[-2:] else None
             overlay_figure(image.float().numpy(), pred[0].numpy(), folder / f"epoch{epoch:03d}_{name}.png",
-                           title=f"epoch {epoch}\nDice {float(foreground):.3f}", overwrite=True)
+                           title=f"epoch {epoch}\nDice {float(foreground):.3f}", overwrite=True, truth=truth)
 
 
 def default_run_name(config: TrainConfig) -> str:
