@@ -152,7 +152,8 @@ def test_cli_broken_folder_exits_nonzero_naming_each_file(tmp_path):
     result = CliRunner().invoke(app, ["check-data", str(root), "--json"])
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
-    assert len(payload["problems"]) == 4 and not payload["ok"]
+    assert len(payload["problems"]) == 3 and not payload["ok"]
+    assert [w["file"] for w in payload["warnings"]] == ["masks/img2.png"]  # empty: a warning
 
 
 def test_cli_on_written_dsb2018_prints_statistics(tmp_path):

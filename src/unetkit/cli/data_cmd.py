@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"dataset: {folder}")
             typer.echo(report.format_stats())
             if report.warnings:
-                typer.echo(report.format_warnings(), err=True)
+                typer.echo(f"warnings (not problems; --strict makes them problems):\n"
+                           f"{report.format_table(warnings=True)}", err=True)
         if not report.ok:
             if not as_json:
                 typer.echo("")
