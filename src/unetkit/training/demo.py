@@ -75,6 +75,7 @@ def run_demo(out_dir: str = "runs", name: str = "demo", overwrite: bool = False,
         "otsu": rows["otsu"], "unet": rows["unet"],
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.monotonic() - start, 1),
         "run_dir": str(result.run_dir), "model": str(result.run_dir / "last.safetensors"),
+        "machine": cpu_description(),
     }
     write_json(report, result.run_dir / "report_demo.json")
     print(format_table(report))
@@ -117,6 +118,24 @@ def score(mask: np.ndarray, truth_instances: np.ndarray, min_size: int) -> dict[
             "object_recall": objects["recall"], "object_f1": objects["f1"]}
 
 
+def cpu_description() -> str:
+    """Where the times were measured, e.g. 'CPU Intel(R) Xeon(R) Processor (AVX2), 2 threads' (or the GPU)."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"CPU {name} ({capability}), {torch.get_num_threads()} threads"
+
+
 def format_table(report: dict[str, Any]) -> str:
     otsu, unet = report["otsu"], report["unet"]
     lines = [
@@ -129,6 +148,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'object precision (IoU>=0.5)':28}{otsu['object_precision']:>10.3f}{unet['object_precision']:>10.3f}",
         f"{'object recall (IoU>=0.5)':28}{otsu['object_recall']:>10.3f}{unet['object_recall']:>10.3f}",
         f"{'object F1 (IoU>=0.5)':28}{otsu['object_f1']:>10.3f}{unet['object_f1']:>10.3f}",
-        f"training {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s; run folder: {report['run_dir']}",
+        f"training {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s on "
+        f"{report.get('machine', 'this machine')}; run folder: {report['run_dir']}",
     ]
     return "\n".join(lines)
