@@ -108,7 +108,7 @@ def test_overwrite_refuses_a_folder_unetkit_did_not_make(tmp_path) -> None:
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path) -> None:
     data = make_folder(tmp_path / "data")
-    with pytest.raises(TrainingError, match="non-finite loss.*no checkpoint had been written.*was removed"):
+    with pytest.raises(TrainingError, match="non-finite loss.*No checkpoint had been written, so the new run folder was removed"):
         train(tiny(tmp_path, data, **DIVERGE))
     assert not (tmp_path / "runs" / "run").exists()
     result = train(tiny(tmp_path, data))  # the corrected re-run is not blocked
@@ -422,3 +422,31 @@ def test_a_signal_stops_training_cleanly_with_exit_130(tmp_path, sig) -> None:
     state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] == epoch  # the checkpoint is the epoch the message names: nothing half-done
     assert not list((tmp_path / "runs" / "run").rglob("*.tmp"))
+
+
+def test_unsynced_batchnorm_under_ddp_is_warned_about(tmp_path, capsys) -> None:
+    from unetkit.models import create_model
+    from unetkit.training.trainer import Trainer
+
+    fake = Trainer.__new__(Trainer)
+    fake.warnings, fake.cfg = [], tiny(tmp_path, tmp_path)
+    fake.dist = type("D", (), {"is_main": True, "enabled": True, "world_size": 2})()
+    fake.device = torch.device("cpu")
+    fake.model = create_model("unet", spatial_dims=2, in_channels=1, num_classes=1, features=[4, 8])
+    fake._warn_unsynced_batchnorm()
+    assert "BatchNorm statistics are computed per process" in capsys.readouterr().err
+    fake.warnings, fake.model = [], create_model("unet", spatial_dims=2, in_channels=1, num_classes=1,
+                                                 features=[4, 8], norm="instance")
+    fake._warn_unsynced_batchnorm()
+    assert not fake.warnings
+
+
+@pytest.mark.slow
+def test_fault_injection_script_runs_a_subset_without_tracebacks() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_injection.py"
+    only = "predict --overlap 1.5,disk full while predicting,check-data: 16-bit,models --dims 5"
+    run = subprocess.run([sys.executable, str(script), "--only", only], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = run.stdout.strip().splitlines()[1:]
+    assert len(rows) == 4 and all(r.endswith(" | yes") for r in rows) and "Traceback" not in run.stderr

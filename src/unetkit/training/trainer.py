@@ -175,8 +175,9 @@ class Trainer:
             removed = self.run_folder.abandon() if self.run_folder is not None else False
             if isinstance(err, Interrupted) or not removed or not isinstance(err, TrainingError):
                 raise
-            raise TrainingError(f"{err}; no checkpoint had been written, so the run folder {self.run_dir} "
-                                "was removed") from None
+            back = "; the run it replaced is back" if self.run_dir.exists() else ""
+            raise TrainingError(f"{err}. No checkpoint had been written, so the new run folder was removed{back}") \
+                from None
 
     def _fit(self) -> FitResult:
         cfg = self.cfg
@@ -272,12 +273,11 @@ class Trainer:
                                  dtype=torch.float64)
             self.dist.all_reduce_sum(stats)  # every rank learns of a non-finite loss or a stop request
             if stats[2] > 0:
-                kept = (f"{self.run_dir} keeps checkpoints/last.pt from epoch {self.epoch}" if self.epoch >= 1
-                        else "no checkpoint had been written yet")
+                kept = f"; {self.run_dir} keeps checkpoints/last.pt from epoch {self.epoch}" if self.epoch >= 1 else ""
                 raise TrainingError(
                     f"non-finite loss at epoch {epoch}, batch {i + 1} (optimiser step {self.step + 1}); "
-                    f"samples: {', '.join(map(str, batch.get('name', []))) or 'unnamed'}. {kept}; "
-                    f"lower optim.lr (now {self.cfg.optim.lr:g}) or check the data")
+                    f"samples: {', '.join(map(str, batch.get('name', []))) or 'unnamed'}. Lower optim.lr "
+                    f"(now {self.cfg.optim.lr:g}) or check the data{kept}")
             if stats[3] > 0:  # the step was not taken: resume repeats this epoch from its start
                 raise self._interrupted()
             totals += stats
