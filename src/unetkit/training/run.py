@@ -49,8 +49,7 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
     else:
         run_dir = Path(config.out_dir) / dist.broadcast_object(default_run_name(config))
         config.name = run_dir.name
-    RunFolder(run_dir, config, dist).check(resume is not None)  # refuse before reading the data
-    folder = RunFolder(run_dir, config, dist)
+    folder = RunFolder(run_dir, config, dist)  # open() refuses a folder it may not use before any change
     try:
         with sigterm_as_interrupt():
             folder.open(resume is not None)  # a replaced run is moved aside
