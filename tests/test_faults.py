@@ -391,7 +391,8 @@ def test_divergence_is_warned_about(tmp_path, capsys) -> None:
 
     data = make_folder(tmp_path / "data")
     fake = Trainer.__new__(Trainer)  # the rule itself, on a known history
-    fake.history, fake.warnings = [{"epoch": 1, "train_loss": 0.7}], []
+    fake.history, fake.warnings = [{"epoch": 1, "train_loss": 4e10}], []
+    fake._initial_loss = 0.7  # the first batch: what an exploding first epoch is compared with
     fake.cfg, fake.dist = tiny(tmp_path, data), type("D", (), {"is_main": True})()
     fake._check_divergence({"epoch": 2, "train_loss": 2e11})
     assert fake.warnings and "training is diverging" in capsys.readouterr().err

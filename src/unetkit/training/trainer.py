@@ -281,6 +281,8 @@ class Trainer:
             if stats[3] > 0:  # the step was not taken: resume repeats this epoch from its start
                 raise self._interrupted()
             totals += stats
+            if self.epoch == 0 and i == 0:
+                self._initial_loss = float(stats[0] / max(1.0, float(stats[1])))
             if last_micro:
                 self._optimizer_step()
             images_seen += int(stats[1])
@@ -421,20 +423,24 @@ class Trainer:
         self.dist.barrier()
 
     def _warn(self, message: str) -> None:
-        if message not in self.warnings:
+        """Print a warning once per kind (its text up to the first colon) and keep it for report.json."""
+        if not any(w.split(":")[0] == message.split(":")[0] for w in self.warnings):
             self.warnings.append(message)
             if self.dist.is_main:
                 print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def _check_divergence(self, row: dict[str, Any]) -> None:
-        """Warn (once) when the training loss has grown far above where it started."""
-        first = self.history[0].get("train_loss") if self.history else None
+        """Warn (once) when the training loss has grown far above where it started (the first batch's
+        loss of this run; after a resume, epoch 1's mean)."""
+        first = getattr(self, "_initial_loss", None)
+        if first is None:
+            first = self.history[0].get("train_loss") if self.history else None
         loss = row.get("train_loss")
         if first is None or loss is None or not (math.isfinite(first) and math.isfinite(loss)):
             return
         if loss > DIVERGENCE_FACTOR * max(first, 1e-8) and loss > 1.0:
-            self._warn(f"training is diverging: train loss {loss:.4g} at epoch {row['epoch']} against {first:.4g} "
-                       f"at epoch 1; lower optim.lr (now {self.cfg.optim.lr:g}) and train again")
+            self._warn(f"training is diverging: train loss {loss:.4g} in epoch {row['epoch']} against {first:.4g} "
+                       f"at the start; lower optim.lr (now {self.cfg.optim.lr:g}) and train again")
 
     def _warn_unsynced_batchnorm(self) -> None:
         if self.dist.enabled and not self.cfg.sync_batchnorm and \
