@@ -68,6 +68,7 @@ def cli(*args: str, env: dict | None = None):
 
 
 # ---- run folders (high) ---------------------------------------------------------------------------
+@pytest.mark.slow  # four short training runs
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_started(tmp_path) -> None:
     data = make_folder(tmp_path / "data")
     first = train(tiny(tmp_path, data))
@@ -399,6 +400,7 @@ def test_divergence_is_warned_about(tmp_path, capsys) -> None:
 
 
 # ---- signals (medium): a real process, a real SIGINT ----------------------------------------------
+@pytest.mark.slow  # a real process: torch import + first epoch
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_training_cleanly_with_exit_130(tmp_path, sig) -> None:
     data = make_folder(tmp_path / "data")
