@@ -465,15 +465,19 @@ def _whole_image_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor
 
 
 def _flatten_summary(summary: dict[str, Any]) -> dict[str, float]:
-    """{'dice': {'mean': .., 'std': .., 'global': ..}} -> {'dice': mean, 'dice_std': .., 'dice_global': ..}."""
+    """{'dice': {'mean': .., 'std': .., 'global': ..}} -> {'dice': mean, 'dice_std': .., 'dice_global': ..},
+    plus what the means cover (the same for every metric): scored_images, scored_classes, both_empty."""
     flat: dict[str, float] = {}
     for name, value in summary.items():
         if isinstance(value, dict):
             if "mean" in value:
                 flat[name] = float(value["mean"])
             for key in ("std", "global"):
-                if key in value:
+                if value.get(key) is not None:
                     flat[f"{name}_{key}"] = float(value[key])
+            for key, out in (("images", "scored_images"), ("classes", "scored_classes"), ("both_empty", "both_empty")):
+                if key in value and out not in flat:
+                    flat[out] = float(value[key])
         elif isinstance(value, (int, float)):
             flat[name] = float(value)
     return flat
