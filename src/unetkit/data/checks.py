@@ -77,9 +77,10 @@ class CheckReport:
         per_image = s.get("instances_per_image")
         lines.append(f"masks: {s['mask_kind']}, {s['num_classes']} classes"
                      + (f", {per_image:.1f} instances per image" if per_image else ""))
-        if s.get("mask_kind_reason"):
-            lines.append(f"  mask kind {s['mask_kind']}: {s['mask_kind_reason']}"
-                         + ("" if s["mask_kind_reason"].startswith("mask_kind=") else " (override: --mask-kind / data.mask_kind)"))
+        reason = s.get("mask_kind_reason")
+        if reason:
+            hint = "" if reason.startswith("mask_kind=") else " (override: --mask-kind / data.mask_kind)"
+            lines.append(f"  mask kind {s['mask_kind']}: {reason}{hint}")
         for k, (count, freq, present) in enumerate(zip(s["class_pixels"], s["class_frequency"],
                                                         s["class_images"])):
             lines.append(f"  class {k}: {freq * 100:6.2f}% of pixels ({count} px) in {present} image(s), "
