@@ -178,6 +178,9 @@ def test_many_class_label_maps_are_classes_and_instance_ids_instances(tmp_path):
     semantic = load_dataset("synthetic-cells", size=96, count=4, num_classes=4, seed=3)
     report = check_dataset(_png_folder(tmp_path / "sem", [s.mask[0] for s in semantic.samples]))
     assert report.stats["mask_kind"] == "classes" and report.stats["num_classes"] == 4
+    tissue = [_atlas((48, 56), 40, base_seed=s) for s in range(4)]  # cells tiling a tissue: sizes at random
+    report = check_dataset(_png_folder(tmp_path / "tissue", tissue))
+    assert report.stats["mask_kind"] == "instances" and "size" in report.stats["mask_kind_reason"]
     forced = check_dataset(tmp_path / "atlas", mask_kind="instances")
     assert forced.stats["mask_kind"] == "instances" and forced.stats["mask_kind_reason"] == "mask_kind=instances given"
 

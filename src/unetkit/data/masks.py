@@ -12,11 +12,12 @@ The decision, in order (the first rule that applies wins; `mask_kind=` / `data.m
 5. several masks with more than 16 ids in all, most of them found in one mask only -> instances
    (ids unique per image);
 6. ids that each form many separate regions (median >= 4) -> classes (e.g. cell types);
-7. ids that each form one or a few regions and share most of their borders with each other (they
+7. several masks whose shared ids have unrelated sizes from mask to mask -> instances (classes keep
+   their relative sizes: a liver is larger than a pancreas in every scan; cells of a tissue do not);
+8. ids that each form one or a few regions and share most of their borders with each other (they
    tile an area, as in an atlas or a parcellation; also a single volume) -> classes;
-8. several masks: ids whose sizes are unrelated from mask to mask -> instances (classes keep their
-   relative sizes); a small set (<= 16 ids) recurring -> classes; low ids in every mask and high
-   ids only in crowded ones (objects numbered anew per mask) -> instances; else classes;
+   several masks otherwise: a small set (<= 16 ids) recurring -> classes; low ids in every mask and
+   high ids only in crowded ones (objects numbered anew per mask) -> instances; else classes;
 9. one mask (nothing recurs): <= 16 ids -> classes, else separate one-piece objects -> instances.
 """
 from __future__ import annotations
@@ -187,6 +188,7 @@ def decide_mask_kind(profiles: Sequence[MaskProfile | np.ndarray], num_classes: 
             return decide("instances", f"ids are unique to each mask: only {shared:.0%} of the {len(union)} ids "
                                        "occur in more than one mask")
     measured = [p for p in others if p.pieces is not None and len(p.ids) >= 2]
+    border = None
     if measured:
         median_pieces = float(np.median([n for p in measured for n in p.pieces]))
         border = float(np.median([p.shared_border for p in measured if len(p.ids) >= 3] or [0.0]))
@@ -194,15 +196,16 @@ def decide_mask_kind(profiles: Sequence[MaskProfile | np.ndarray], num_classes: 
         if median_pieces >= 4:
             return decide("classes", f"each id forms many separate regions (median {median_pieces:g} per mask): "
                                      "class labels, not objects")
-        if border >= _TILING_BORDER:
-            return decide("classes", f"each id forms one or a few regions and neighbouring ids share "
-                                     f"{border:.0%} of the borders (they tile the area): a region/atlas label map")
-    if several:
-        consistency = _size_consistency(measured)
+    if several:  # before the tiling rule: cells of a tissue tile an area too, but their sizes are random
+        consistency = _size_consistency(others[:_STRUCTURE_MASKS])
         facts["id_size_consistency"] = None if consistency is None else round(consistency, 3)
         if consistency is not None and consistency < 0.5:
             return decide("instances", f"an id's size in one mask says nothing of its size in another (rank "
                                        f"correlation {consistency:.2f}): object ids, not classes")
+    if border is not None and border >= _TILING_BORDER:
+        return decide("classes", f"each id forms one or a few regions and neighbouring ids share "
+                                 f"{border:.0%} of the borders (they tile the area): a region/atlas label map")
+    if several:
         if len(union) <= MAX_AUTO_CLASSES:
             return decide("classes", f"the same small set of {len(union)} ids recurs across {len(others)} masks")
         ids = np.array(sorted(union))

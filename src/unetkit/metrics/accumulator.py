@@ -3,7 +3,9 @@
     acc = MetricAccumulator(num_classes=3, surface=True, spacing=(1.0, 0.5, 0.5))
     for batch in loader:
         acc.update(logits_to_labels(model(x)), y, names=batch_names)
-    acc.compute()["dice"]        # {"mean", "std", "global", "per_class": {k: {"mean", "std", "global"}}}
+    acc.compute()["dice"]        # {"mean", "std", "image_mean", "global", "images", "classes", "pairs",
+                                 #  "both_empty", "empty_images", "per_class": {k: {"mean", "std", "median",
+                                 #  "images", "global"}}}
 
 Every image keeps its own row of per-class counts (and surface distances), so means and standard
 deviations are over images, never over batch averages. A class absent from both the truth and the
