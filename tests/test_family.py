@@ -105,6 +105,7 @@ def test_unet3p_classification_guided_module() -> None:
     with torch.no_grad():
         seg, cls = model.forward_with_classification(x)
         assert cls.shape == (2, 2) and seg.shape == (2, 1, *ODD_2D)
+        model.cgm.trained_steps.fill_(1)  # gating applies to a trained CGM only
         conv = model.cgm.conv
         conv.weight.zero_()
         conv.bias.copy_(torch.tensor([-5.0, 5.0]))  # "present" for every image: output untouched
@@ -113,6 +114,7 @@ def test_unet3p_classification_guided_module() -> None:
         assert torch.equal(model(x), torch.full_like(seg, -SUPPRESS))
     multi = create_model("unet3+", num_classes=3, features=(4, 8), classification_guided=True).eval()
     with torch.no_grad():
+        multi.cgm.trained_steps.fill_(1)
         multi.cgm.conv.weight.zero_()
         multi.cgm.conv.bias.copy_(torch.tensor([5.0, -5.0]))
         assert (multi(x).argmax(1) == 0).all()

@@ -241,6 +241,9 @@ class Trainer:
             outputs = self.net(images)
             masks, weight = _crop_targets(outputs, masks, weight)
             loss = self.loss_fn(outputs, masks, weight) if weight is not None else self.loss_fn(outputs, masks)
+            auxiliary = getattr(self.model, "auxiliary_loss", None)  # a model's own extra task (UNet 3+ CGM)
+            extra = auxiliary(masks, getattr(self.loss_fn, "ignore_index", None)) if auxiliary else None
+            loss = loss + extra if extra is not None else loss
         if torch.isfinite(loss):
             self.scaler.scale(loss / self.cfg.accumulate).backward()
         return float(loss.detach())

@@ -1,0 +1,78 @@
+"""The family against its authors' code (issue 13): each finding of the audit has a test here
+that fails on the code before the fix."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import unetkit
+from unetkit.models import count_parameters, create_model
+
+
+# ---- 1. UNet 3+ classification-guided module ------------------------------------------------
+def _cgm_saying_absent(model) -> None:
+    with torch.no_grad():
+        model.cgm.conv.weight.zero_()
+        model.cgm.conv.bias.copy_(torch.tensor([5.0, -5.0]))  # "no foreground" for every image
+
+
+def test_untrained_cgm_never_blanks_the_output() -> None:
+    torch.manual_seed(0)
+    model = create_model("unet3+", num_classes=1, features=(4, 8, 16), classification_guided=True).eval()
+    _cgm_saying_absent(model)  # an untrained CGM that happens to say "absent"
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        seg, _ = model.forward_with_classification(x)
+        assert torch.equal(model(x), seg)  # not gated: the CGM never had a loss
+        model.cgm.trained_steps.fill_(1)  # once trained, its verdict is applied
+        assert (model(x) < -50).all()
+
+
+def test_cgm_gets_a_classification_loss_from_the_trainer(tmp_path) -> None:
+    from unetkit.training import TrainConfig, Trainer
+
+    images = torch.rand(4, 1, 16, 16)
+    masks = torch.zeros(4, 1, 16, 16)
+    masks[:2, :, 4:9, 4:9] = 1  # two images with foreground, two without
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i):
+            return {"image": images[i], "mask": masks[i], "name": f"s{i}"}
+
+    cfg = TrainConfig().with_overrides([
+        "model.name=unet3+", "model.num_classes=1", "model.kwargs.features=[4,8]",
+        "model.kwargs.classification_guided=true", "data.batch_size=4", "data.num_workers=0", "epochs=1",
+        "progress=quiet", "tensorboard=false", "overlays=0", f"out_dir={tmp_path}", "name=cgm", "device=cpu",
+    ])
+    trainer = Trainer(cfg, Data())
+    before = trainer.model.cgm.conv.weight.detach().clone()
+    trainer.train_epoch(1)
+    assert int(trainer.model.cgm.trained_steps) >= 1
+    assert not torch.equal(trainer.model.cgm.conv.weight, before)  # the CGM received a gradient
+
+
+def test_cgm_auxiliary_loss_targets_are_class_presence() -> None:
+    model = create_model("unet3+", num_classes=3, features=(4, 8), classification_guided=True).train()
+    x = torch.randn(3, 1, 12, 12)
+    target = torch.zeros(3, 12, 12, dtype=torch.long)
+    target[0, 2, 2] = 2
+    target[2, 5, 5] = 255  # ignored pixels do not count as foreground
+    model(x)
+    logits = model._cgm_logits.detach().clone()
+    loss = model.auxiliary_loss(target, ignore_index=255)
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0, 0]))
+    assert torch.allclose(loss, expected)
+    assert model.auxiliary_loss(target) is None  # consumed: one loss per forward
+    model.eval()
+    model(x)
+    assert model.auxiliary_loss(target) is None
+
+
+def test_cgm_checkpoint_without_counter_loads_as_untrained(tmp_path) -> None:
+    model = create_model("unet3+", num_classes=1, features=(4, 8), classification_guided=True)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("trained_steps")}
+    model.load_state_dict(state)
+    assert int(model.cgm.trained_steps) == 0
