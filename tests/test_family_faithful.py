@@ -76,3 +76,42 @@ def test_cgm_checkpoint_without_counter_loads_as_untrained(tmp_path) -> None:
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("trained_steps")}
     model.load_state_dict(state)
     assert int(model.cgm.trained_steps) == 0
+
+
+# ---- 2. sizes: valid padding checks every size, same padding takes tiny inputs ----------------
+@pytest.mark.parametrize("size", [570, 571, 64, 100, 140])
+def test_valid_padding_rejects_every_invalid_size_with_the_nearest_valid_ones(size: int) -> None:
+    model = create_model("unet-original", features=(1, 1, 1, 1, 1)).eval()  # the paper's depth, tiny widths
+    with pytest.raises(ValueError, match=r"nearest valid sizes: \[.*\]"):
+        with torch.no_grad():
+            model(torch.zeros(1, 1, size, 572))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 572, 188)).shape[2:] == (388, 4)
+
+
+@pytest.mark.parametrize("name,dims", [("unet", 2), ("unet", 3), ("unet3+", 2), ("unet++", 2),
+                                       ("attention-unet", 2), ("swin-unet", 2), ("mobile-unet", 2)])
+def test_tiny_inputs_to_same_padding_models_are_padded(name: str, dims: int) -> None:
+    from unetkit.models import model_info
+
+    kwargs = dict(model_info(name).tiny)
+    if name == "unet":
+        kwargs["features"] = (2, 2, 2, 2, 2)  # depth 5: 4 poolings, more than a 5 px input takes
+    model = create_model(name, spatial_dims=dims, **kwargs).eval()
+    size = (5,) * dims
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, *size)).shape == (1, 2, *size)
+
+
+def test_valid_padding_deep_supervision_outputs_are_aligned_with_the_output() -> None:
+    # depth 3, input 44: the bottom gives 4 px, decoder level 1 gives 4 coarse px (stride 2) that
+    # cover input pixels 18..25, the output 4 px covering input 20..23. The auxiliary output must be
+    # level 1's logits on the input grid (2x) cropped to input 20..23: fine pixels 2..5.
+    model = create_model("unet-original", features=(2, 4, 8), deep_supervision=True, dropout=0.0).eval()
+    x = torch.randn(1, 1, 44, 44)
+    with torch.no_grad():
+        out, aux = model(x)
+        coarse = model.aux_heads[0](model.decoder(model.encoder(x))[1])
+    assert out.shape[2:] == aux.shape[2:] == (4, 4) and coarse.shape[2:] == (4, 4)
+    fine = torch.nn.functional.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
+    assert torch.allclose(aux, fine[..., 2:6, 2:6])
