@@ -115,3 +115,48 @@ def test_valid_padding_deep_supervision_outputs_are_aligned_with_the_output() ->
     assert out.shape[2:] == aux.shape[2:] == (4, 4) and coarse.shape[2:] == (4, 4)
     fine = torch.nn.functional.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
     assert torch.allclose(aux, fine[..., 2:6, 2:6])
+
+
+# ---- 6. U-Net++ deep supervision ---------------------------------------------------------------
+def test_unetpp_heads_weigh_equally_in_the_trainer_loss() -> None:
+    from unetkit.training import TrainConfig
+    from unetkit.training.trainer import build_loss
+
+    cfg = TrainConfig().with_overrides(["model.name=unet++", "model.num_classes=1", "loss.name=ce",
+                                        "model.kwargs.features=[4,8,16,32]", "model.kwargs.deep_supervision=true"])
+    model = create_model("unet++", num_classes=1, features=(4, 8, 16, 32), deep_supervision=True)
+    loss = build_loss(cfg, model)
+    assert loss.level_weights(3) == pytest.approx([1 / 3] * 3)  # the paper: all heads equal
+    outs = [torch.randn(2, 1, 8, 8) for _ in range(3)]
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert torch.allclose(loss(outs, target), sum(bce(o, target) for o in outs) / 3, atol=1e-6)
+    own = build_loss(cfg.with_overrides(["loss.deep_supervision_weights=[1,0,0]"]), model)
+    assert own.level_weights(3) == [1.0, 0.0, 0.0]  # the config still wins
+
+
+def test_unetpp_accurate_mode_averages_the_heads() -> None:
+    for k in (1, 3):
+        model = create_model("unet++", num_classes=k, features=(4, 8, 16), deep_supervision=True,
+                             accurate=True).eval()
+        x = torch.randn(2, 1, 17, 19)
+        with torch.no_grad():
+            model.accurate = False
+            heads = model(x)
+            model.accurate = True
+            out = model(x)
+        act = torch.sigmoid if k == 1 else (lambda t: torch.softmax(t, dim=1))
+        assert torch.allclose(act(out[0]), (act(heads[0]) + act(heads[1])) / 2, atol=1e-5)
+        assert torch.equal(out[1], heads[1])
+        assert not torch.allclose(out[0], heads[0])
+    with pytest.raises(ValueError, match="deep_supervision=True"):
+        create_model("unet++", features=(4, 8), accurate=True)
+
+
+def test_unetpp_prune_keeps_the_dtype() -> None:
+    model = create_model("unet++", features=(4, 8, 16), deep_supervision=True).to(torch.bfloat16).eval()
+    pruned = model.prune(1)
+    assert next(pruned.parameters()).dtype == torch.bfloat16
+    x = torch.randn(1, 1, 16, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(pruned(x), model(x)[1])
