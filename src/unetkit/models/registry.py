@@ -38,7 +38,11 @@ def register_model(name: str, *, tiny: dict[str, Any] | None = None, **info: Any
 
     `tiny`: keyword arguments of a fast configuration used by the test-suite.
     `info`: capability flags read by tests and tools, e.g. `dims=(2, 3)`,
-    `deep_supervision=True`, `onnx=True`, `paper_params=31_030_658`.
+    `deep_supervision=True`, `onnx=True`; `paper_params`: the parameter count of the authors'
+    code in its paper configuration, `paper_config`: the keyword arguments that build that
+    configuration here, `paper_difference`: parameters the official code has and unetkit
+    deliberately leaves out (explained in the model's docstring and the README table), so
+    `count(create_model(name, **paper_config)) + paper_difference == paper_params` exactly.
     """
     info.setdefault("dims", (2, 3))
     info.setdefault("deep_supervision", True)
