@@ -149,7 +149,7 @@ TINY_ENCODERS = {
     "nnformer": {"features": (8, 16, 32), "depths": (1, 1, 1), "heads": (1, 1, 1), "window": 2, "patch_size": 2},
 }
 TINY_DECODERS = {"unet": {}, "unet++": {}, "attention": {}, "unet3+": {"cat_channels": 4},
-                 "swin": {"depths": 1, "heads": 1, "window": 3}, "nnformer": {"depths": 1, "heads": 1, "window": 2}}
+                 "swin": {"depths": 1, "heads": 1, "window": 3}, "nnformer": {"depths": 1, "heads": 1, "window": 2}, "cup": {}}
 COMBOS = [(e, d) for e in TINY_ENCODERS for d in TINY_DECODERS if d != "nnformer"] + [
     ("swin", "nnformer"), ("nnformer", "nnformer")]  # skip attention needs matching widths
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from unetkit.models import layers
 from unetkit.models.base import Decoder
-from unetkit.models.blocks import ConvNormAct, DoubleConv, UpBlock, pad_to
+from unetkit.models.blocks import ConvNormAct, UpBlock
+from unetkit.models.decoders.unet import InterpUpBlock
 from unetkit.models.layers import LayerSpec
 
 
@@ -47,26 +48,6 @@ class AttentionGate(nn.Module):
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = self.coefficients(x, g)
         return self.combine(self.out(x * alpha)), alpha
-
-
-class InterpUpBlock(nn.Module):
-    """The official decoder level (`UnetUp3_CT`): linear 2x up-sampling of the deeper map (no
-    conv: its channels are kept), concatenation with the skip, DoubleConv.
-    (N, in, *S), skip (N, skip, *S_skip) -> (N, out, *S_skip)."""
-
-    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int,
-                 norm: LayerSpec = "batch", act: LayerSpec = "relu", dropout: float = 0.0,
-                 separable: bool = False) -> None:
-        super().__init__()
-        self.mode = layers.interp_mode(spatial_dims)
-        self.conv = DoubleConv(spatial_dims, in_channels + skip_channels, out_channels, norm=norm, act=act,
-                               dropout=dropout, separable=separable)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        size = [2 * s for s in x.shape[2:]]
-        x = F.interpolate(x, size=[min(a, b) for a, b in zip(size, skip.shape[2:])], mode=self.mode,
-                          align_corners=False)
-        return self.conv(torch.cat([skip, pad_to(x, skip.shape[2:])], dim=1))
 
 
 class AttentionUNetDecoder(Decoder):

@@ -5,10 +5,38 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from unetkit.models import layers
 from unetkit.models.base import Decoder
-from unetkit.models.blocks import UpBlock
+from unetkit.models.blocks import DoubleConv, UpBlock, pad_to
 from unetkit.models.layers import LayerSpec
+
+
+class InterpUpBlock(nn.Module):
+    """Decoder level of the official Attention U-Net (`UnetUp3_CT`) and TransUNet
+    (`DecoderBlock`): linear 2x up-sampling of the deeper map without a conv (its channels are
+    kept), concatenation with the skip (none when `skip_channels` is 0), DoubleConv.
+    (N, in, *S), skip (N, skip, *S_skip) -> (N, out, *S_skip); without a skip -> (N, out, *2S).
+    `align_corners=True` is TransUNet's `UpsamplingBilinear2d`."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int,
+                 norm: LayerSpec = "batch", act: LayerSpec = "relu", dropout: float = 0.0,
+                 separable: bool = False, align_corners: bool = False) -> None:
+        super().__init__()
+        self.mode = layers.interp_mode(spatial_dims)
+        self.align_corners = align_corners
+        self.conv = DoubleConv(spatial_dims, in_channels + skip_channels, out_channels, norm=norm, act=act,
+                               dropout=dropout, separable=separable)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        size = [2 * s for s in x.shape[2:]]
+        if skip is not None:  # odd skips: up-sample to at most the skip's size, pad the rest
+            size = [min(a, b) for a, b in zip(size, skip.shape[2:])]
+        x = F.interpolate(x, size=size, mode=self.mode, align_corners=self.align_corners)
+        if skip is None:
+            return self.conv(x)
+        return self.conv(torch.cat([skip, pad_to(x, skip.shape[2:])], dim=1))
 
 
 class UNetDecoder(Decoder):
