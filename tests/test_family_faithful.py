@@ -160,3 +160,36 @@ def test_unetpp_prune_keeps_the_dtype() -> None:
     x = torch.randn(1, 1, 16, 16, dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(pruned(x), model(x)[1])
+
+
+# ---- 7. Swin-UNet ------------------------------------------------------------------------------
+def test_patch_merging_orders_neighbours_as_official_swin() -> None:
+    from unetkit.models.transformer import PatchMerging
+
+    merge = PatchMerging(2, 3)
+    x = torch.randn(1, 4, 6, 3)
+    # official: x0 = x[0::2, 0::2], x1 = x[1::2, 0::2], x2 = x[0::2, 1::2], x3 = x[1::2, 1::2]
+    cat = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+    with torch.no_grad():
+        assert torch.allclose(merge(x), merge.reduction(merge.norm(cat)), atol=1e-6)
+
+
+def test_swin_skips_are_stage_inputs_and_drop_path_follows_the_rule() -> None:
+    from unetkit.models.transformer import to_channels_first
+
+    model = create_model("swin-unet", features=(8, 16, 32), depths=(2, 2, 2), heads=(1, 1, 2), window=3,
+                         patch_size=2, drop_path=0.3).eval()
+    x = torch.randn(1, 1, 24, 24)
+    with torch.no_grad():
+        feats = model.encoder(x)
+        embedded = model.encoder.embed(x)
+        assert torch.equal(feats[0], to_channels_first(embedded))  # before stage 0's blocks
+        assert torch.equal(feats[1], to_channels_first(model.encoder.merges[0](model.encoder.stages[0](embedded))))
+    rates = [b.drop_path.p for stage in model.encoder.stages for b in stage]
+    assert rates == pytest.approx([0.3 * i / 5 for i in range(6)])
+    assert [b.drop_path.p for b in model.decoder.stages[-1]] == pytest.approx(rates[:2])  # mirrored level 0
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))  # stochastic depth in training
