@@ -77,12 +77,14 @@ class Attention(nn.Module):
     -> (B, T, C).
     """
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, dropout: float = 0.0,
+                 query_projection: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by its {heads} heads")
         self.heads = heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        # nnFormer's skip attention uses the (normalised) queries as they are: no projection
+        self.q = nn.Linear(dim, dim, bias=qkv_bias) if query_projection else nn.Identity()
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
@@ -167,19 +169,22 @@ class WindowBlock(nn.Module):
 
     Windows larger than the map shrink to it (and then do not shift); maps are zero-padded at
     the end up to a multiple of the window. With `context` (the "skip attention" of nnFormer)
-    the keys and values come from `context`, a map of the same size as `x`.
+    the keys and values come from `context`, a map of the same size as `x`, and `residual`
+    (default `x`) is what the attention output is added to; `query_projection=False` feeds the
+    normalised `x` to the attention as queries directly (nnFormer's `WindowAttention_kv`).
     x (B, *S, C) -> (B, *S, C).
     """
 
     def __init__(self, spatial_dims: int, dim: int, heads: int, window: int | Sequence[int] = 7,
-                 shift: bool = False, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0) -> None:
+                 shift: bool = False, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0,
+                 query_projection: bool = True) -> None:
         super().__init__()
         self.drop_path = DropPath(drop_path)
         self.window = layers.as_tuple(window, spatial_dims)
         self.shift = shift
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout=0.0)
+        self.attn = Attention(dim, heads, dropout=0.0, query_projection=query_projection)
         self.bias_table = nn.Parameter(torch.zeros(math.prod(2 * w - 1 for w in self.window), heads))
         nn.init.trunc_normal_(self.bias_table, std=0.02)
         self.norm2 = nn.LayerNorm(dim)
@@ -196,7 +201,8 @@ class WindowBlock(nn.Module):
             x = torch.roll(x, [-s for s in shift], dims=list(range(1, x.dim() - 1)))
         return window_partition(x, window), list(x.shape[1:-1])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
         b, *size, c = x.shape
         window = [min(w, s) for w, s in zip(self.window, size)]
         shift = [w // 2 if self.shift and s > w else 0 for w, s in zip(window, size)]
@@ -213,7 +219,7 @@ class WindowBlock(nn.Module):
         if any(shift):
             out = torch.roll(out, shift, dims=list(range(1, out.dim() - 1)))
         out = out[(slice(None), *(slice(0, s) for s in size), slice(None))]
-        x = x + self.drop_path(out)
+        x = (x if residual is None else residual) + self.drop_path(out)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
