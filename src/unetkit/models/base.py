@@ -130,7 +130,7 @@ class SegmentationModel(nn.Module):
         (or the deep-supervision list). For subclasses that run encoder and decoder themselves."""
         size, padded = list(size), list(padded)
         logits = self.head(maps[0])
-        if list(logits.shape[2:]) != padded:  # maps below input resolution under a 1x1 head
+        if self.decoder.strides[0] > 1 and list(logits.shape[2:]) != padded:  # coarse maps under a 1x1 head
             logits = F.interpolate(logits, size=padded, mode=layers.interp_mode(self.spatial_dims),
                                    align_corners=False)
         if size != padded:

@@ -43,7 +43,12 @@ class ClassificationGuidedModule(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-@register_model("unet3+", tiny={"features": (4, 8, 16)}, any_size=True, paper_params=26_970_000)
+# The authors' UNet_3Plus (UNet-Version/models/UNet_3Plus.py; RGB in, one class) counted.
+UNET3P_PAPER_PARAMS = 26_971_777
+
+
+@register_model("unet3+", tiny={"features": (4, 8, 16)}, any_size=True, paper_params=UNET3P_PAPER_PARAMS,
+                paper_config={"in_channels": 3, "num_classes": 1}, paper_difference=6_528)
 class UNet3Plus(SegmentationModel):
     """UNet 3+: plain-conv encoder, full-scale decoder, heads on every decoder stage and on the
     bottleneck (deep supervision, highest resolution first).
@@ -59,6 +64,10 @@ class UNet3Plus(SegmentationModel):
     segmentation of images the CGM calls empty by confident background logits (the paper
     multiplies the maps by the CGM's arg-max), but only once the CGM has been trained
     (`cgm.trained_steps > 0`): an untrained CGM never gates.
+
+    The output heads are 3x3 convs, as the authors' `outconv` layers. Deliberate difference from
+    their code: convolutions followed by batch norm have no bias (redundant: the norm's shift
+    absorbs it), 6,528 parameters fewer in the paper configuration.
     """
 
     def __init__(
@@ -77,6 +86,11 @@ class UNet3Plus(SegmentationModel):
         encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout)
         decoder = UNet3PlusDecoder(spatial_dims, encoder.out_channels, encoder.strides, cat_channels, norm, act)
         super().__init__(encoder, decoder, num_classes, deep_supervision)
+        conv = layers.conv(spatial_dims)
+        self.head = nn.Sequential(conv(decoder.out_channels[0], num_classes, 3, padding=1))  # authors' outconv
+        if deep_supervision:
+            self.aux_heads = nn.ModuleList(nn.Sequential(conv(c, num_classes, 3, padding=1))
+                                           for c in decoder.out_channels[1:])
         self.cgm = ClassificationGuidedModule(spatial_dims, encoder.out_channels[-1]) if classification_guided else None
 
     def forward_with_classification(self, x: torch.Tensor):

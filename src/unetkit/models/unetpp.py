@@ -12,11 +12,14 @@ from unetkit.models.encoders.plain import PlainEncoder
 from unetkit.models.layers import LayerSpec
 from unetkit.models.registry import register_model
 
-# The paper's backbone widths: 32, 64, 128, 256, 512 (9.04M parameters with deep supervision, Table 2).
+# The paper's backbone widths: 32, 64, 128, 256, 512.
 UNETPP_FEATURES = (32, 64, 128, 256, 512)
+# The authors' Keras Nest_Net (one input channel, one class, no batch norm): "Total params: 9,041,601".
+UNETPP_PAPER_PARAMS = 9_041_601
 
 
-@register_model("unet++", tiny={"features": (4, 8, 16)}, any_size=True, paper_params=9_040_000)
+@register_model("unet++", tiny={"features": (4, 8, 16)}, any_size=True, paper_params=UNETPP_PAPER_PARAMS,
+                paper_config={"num_classes": 1, "norm": "none"})
 class UNetPlusPlus(SegmentationModel):
     """U-Net++: plain-conv encoder, nested dense skip pathways, heads on the top row.
 
@@ -31,6 +34,10 @@ class UNetPlusPlus(SegmentationModel):
     `prune(level)` returns the sub-network U-Net++ L^level: only the encoder levels and nodes
     that X[0][level] depends on, with that level's head, as a smaller `UNetPlusPlus`
     (the paper's "fast mode"), in this model's dtype and device.
+
+    The paper configuration is `norm="none"` (the authors' DLMIA code has no batch norm, and
+    dropout 0.5 after every conv); unetkit defaults to batch norm (as the authors' later TMI
+    version) and dropout only at the bottleneck.
 
     Deep supervision as in the paper: `deep_supervision_weights` are equal (every head weighs
     1 / heads; the Trainer uses them unless the config sets its own), so every pruned
