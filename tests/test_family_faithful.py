@@ -193,3 +193,24 @@ def test_swin_skips_are_stage_inputs_and_drop_path_follows_the_rule() -> None:
     a = model(x)
     torch.manual_seed(1)
     assert not torch.allclose(a, model(x))  # stochastic depth in training
+
+
+# ---- 8. smaller faults -------------------------------------------------------------------------
+def test_weight_initialisation_follows_the_papers() -> None:
+    torch.manual_seed(0)
+    model = create_model("unet", features=(16, 32, 64))
+    conv = model.encoder.levels[1][0][0]  # 3x3 conv, 16 -> 32: He-normal std sqrt(2 / fan_in)
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+    swin = create_model("swin-unet", features=(32, 64), depths=(2, 2), heads=(2, 4), window=3, patch_size=2)
+    linear = swin.encoder.stages[0][0].mlp[0]
+    assert linear.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    assert torch.count_nonzero(linear.bias) == 0
+
+
+def test_norm_free_original_unet_depends_on_its_input_at_initialisation() -> None:
+    torch.manual_seed(0)
+    model = create_model("unet-original", features=(16, 32, 64, 128, 256), dropout=0.0).eval()
+    with torch.no_grad():
+        a, b = model(torch.randn(1, 1, 188, 188)), model(torch.randn(1, 1, 188, 188))
+    assert (a - b).std() > 0.2  # PyTorch's default initialisation gives ~0.01 here

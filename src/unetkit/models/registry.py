@@ -2,7 +2,8 @@
 
 A model built through the registry, or from a registered class, remembers its registry name
 and the full keyword configuration that rebuilds it (`model.unetkit_arch`,
-`model.unetkit_config`); checkpoints store both.
+`model.unetkit_config`); checkpoints store both. Every such model gets the family's weight
+initialisation (`unetkit.models.init.init_weights`) once it is complete.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from unetkit.models.init import init_weights
 from unetkit.registry import Entry, Registry
 
 MODELS = Registry("model")
@@ -65,6 +67,7 @@ def _record_init(cls: type, name: str) -> None:
     def wrapped(self, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         if type(self) is cls:
+            init_weights(self)  # the family's one initialisation, once the model is complete
             self.unetkit_arch = name
             self.unetkit_config = _bound_config(init, args, kwargs, skip_self=True)
 
@@ -75,6 +78,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model: `create_model("unet", spatial_dims=3, features=(8, 16, 32))`."""
     entry = MODELS.entry(name)
     model = entry.factory(**kwargs)
+    if getattr(model, "unetkit_arch", None) is None:  # a preset assembling unregistered parts (hybrid)
+        init_weights(model)
     if not isinstance(entry.factory, type):  # a preset: remember the preset and its arguments
         model.unetkit_arch = name
         model.unetkit_config = _bound_config(entry.factory, (), kwargs, skip_self=False)
