@@ -214,3 +214,25 @@ def test_norm_free_original_unet_depends_on_its_input_at_initialisation() -> Non
     with torch.no_grad():
         a, b = model(torch.randn(1, 1, 188, 188)), model(torch.randn(1, 1, 188, 188))
     assert (a - b).std() > 0.2  # PyTorch's default initialisation gives ~0.01 here
+
+
+def test_transposed_up_sampling_refuses_stride_jumps() -> None:
+    vit = {"cnn_blocks": (1, 1), "cnn_width": 4, "hidden": 16, "depth": 1, "heads": 2, "mlp_dim": 16,
+           "img_size": 32, "readout_channels": 16, "patch_size": 2}  # strides 2, 4, 16: a 4x jump
+    for decoder in ("unet", "unet++", "attention"):
+        with pytest.raises(ValueError, match=r"jump by \[2, 4\]"):
+            create_model("hybrid", encoder="vit", decoder=decoder, encoder_kwargs=vit,
+                         decoder_kwargs={"up_mode": "transpose"})
+    for decoder, up in (("unet", "linear"), ("attention", "interp")):  # interpolate to the skip's size
+        model = create_model("hybrid", encoder="vit", decoder=decoder, encoder_kwargs=vit,
+                             decoder_kwargs={"up_mode": up}).eval()
+        with torch.no_grad():
+            feats = model.encoder(torch.randn(1, 1, 48, 32))
+            deepest = model.decoder.blocks[0](feats[-1], feats[-2])
+        assert deepest.shape[2:] == feats[-2].shape[2:]
+
+
+@pytest.mark.parametrize("depth", [0, 1, 6])
+def test_mobile_unet_depth_outside_2_to_5_is_a_clear_error(depth: int) -> None:
+    with pytest.raises(ValueError, match=r"depth must be 2\.\.5"):
+        create_model("mobile-unet", width_mult=0.25, depth=depth)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from unetkit.models import layers
 from unetkit.models.base import Decoder
 from unetkit.models.blocks import ConvNormAct, UpBlock
-from unetkit.models.decoders.unet import InterpUpBlock
+from unetkit.models.decoders.unet import InterpUpBlock, check_upsampling
 from unetkit.models.layers import LayerSpec
 
 
@@ -72,6 +72,7 @@ class AttentionUNetDecoder(Decoder):
         dec = list(decoder_channels) if decoder_channels is not None else enc[:-1]
         if len(dec) != len(enc) - 1:
             raise ValueError(f"decoder_channels needs {len(enc) - 1} entries, got {len(dec)}")
+        check_upsampling(encoder_strides, up_mode, "attention")
         inter = list(inter_channels) if inter_channels is not None else enc[:-1]
         self.out_channels = dec
         self.strides = list(encoder_strides[:-1])

@@ -9,8 +9,19 @@ import torch.nn.functional as F
 
 from unetkit.models import layers
 from unetkit.models.base import Decoder
-from unetkit.models.blocks import DoubleConv, UpBlock, pad_to
+from unetkit.models.blocks import DoubleConv, UpBlock
 from unetkit.models.layers import LayerSpec
+
+
+def check_upsampling(encoder_strides: Sequence[int], up_mode: str, decoder: str) -> None:
+    """A transposed conv up-samples by exactly 2: refuse encoders whose stride jumps by more
+    between levels (a ViT with patch size > 1, say), instead of zero-padding its output."""
+    strides = [int(s) for s in encoder_strides]
+    jumps = [b // a for a, b in zip(strides, strides[1:])]
+    if up_mode == "transpose" and any(j != 2 for j in jumps):
+        raise ValueError(f"the {decoder} decoder's 'transpose' up-sampling doubles the size per level, but the "
+                         f"encoder's strides {strides} jump by {jumps}; use up_mode='linear' or 'nearest' "
+                         "(which up-sample to the skip's size)")
 
 
 class InterpUpBlock(nn.Module):
@@ -30,13 +41,10 @@ class InterpUpBlock(nn.Module):
                                dropout=dropout, separable=separable)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        size = [2 * s for s in x.shape[2:]]
-        if skip is not None:  # odd skips: up-sample to at most the skip's size, pad the rest
-            size = [min(a, b) for a, b in zip(size, skip.shape[2:])]
+        # 2x, or exactly to the skip's size (odd sizes, encoders whose stride jumps by more than 2)
+        size = [2 * s for s in x.shape[2:]] if skip is None else list(skip.shape[2:])
         x = F.interpolate(x, size=size, mode=self.mode, align_corners=self.align_corners)
-        if skip is None:
-            return self.conv(x)
-        return self.conv(torch.cat([skip, pad_to(x, skip.shape[2:])], dim=1))
+        return self.conv(x if skip is None else torch.cat([skip, x], dim=1))
 
 
 class UNetDecoder(Decoder):
@@ -64,6 +72,7 @@ class UNetDecoder(Decoder):
         dec = list(decoder_channels) if decoder_channels is not None else enc[:-1]
         if len(dec) != len(enc) - 1:
             raise ValueError(f"decoder_channels needs {len(enc) - 1} entries, got {len(dec)}")
+        check_upsampling(encoder_strides, up_mode, "unet")
         self.out_channels = dec
         self.strides = list(encoder_strides[:-1])
         blocks = []
