@@ -74,8 +74,13 @@ def _record_init(cls: type, name: str) -> None:
     cls.__init__ = wrapped
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model: `create_model("unet", spatial_dims=3, features=(8, 16, 32))`."""
+def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model: `create_model("unet", spatial_dims=3, features=(8, 16, 32))`.
+
+    `pretrained`: published weights to start from (path, URL or known name; see
+    `unetkit.models.pretrained.load_pretrained`); the report is kept as `model.pretrained_report`.
+    The weights are not part of the model's configuration (checkpoints hold the trained ones).
+    """
     entry = MODELS.entry(name)
     model = entry.factory(**kwargs)
     if getattr(model, "unetkit_arch", None) is None:  # a preset assembling unregistered parts (hybrid)
@@ -83,6 +88,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     if not isinstance(entry.factory, type):  # a preset: remember the preset and its arguments
         model.unetkit_arch = name
         model.unetkit_config = _bound_config(entry.factory, (), kwargs, skip_self=False)
+    if pretrained:
+        from unetkit.models.pretrained import load_pretrained
+
+        model.pretrained_report = load_pretrained(model, pretrained)
     return model
 
 
