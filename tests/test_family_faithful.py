@@ -236,3 +236,29 @@ def test_transposed_up_sampling_refuses_stride_jumps() -> None:
 def test_mobile_unet_depth_outside_2_to_5_is_a_clear_error(depth: int) -> None:
     with pytest.raises(ValueError, match=r"depth must be 2\.\.5"):
         create_model("mobile-unet", width_mult=0.25, depth=depth)
+
+
+# ---- 3. nnFormer ---------------------------------------------------------------------------------
+def test_nnformer_skip_attention_keeps_the_skip_on_its_residual_path() -> None:
+    model = create_model("nnformer", features=(8, 16, 32), depths=(1, 1, 1), heads=(1, 1, 2), window=(2, 2, 2),
+                         patch_size=2).eval()
+    block = model.decoder.stages[-1][0]  # level 0's skip-attention block
+    assert isinstance(block.attn.q, torch.nn.Identity)  # no query projection (official WindowAttention_kv)
+    with torch.no_grad():
+        block.attn.proj.weight.zero_()
+        block.attn.proj.bias.zero_()
+        block.mlp[3].weight.zero_()
+        block.mlp[3].bias.zero_()
+        feats = model.encoder(torch.randn(1, 1, 16, 16, 16))
+        from unetkit.models.transformer import to_channels_first, to_channels_last
+        x = to_channels_last(feats[-1])  # level 1 by hand, then level 0
+        x = to_channels_last(model.decoder.ups[0](x))
+        x = model.decoder.stages[0][0](x, context=to_channels_last(feats[1]), residual=x + to_channels_last(feats[1]))
+        x_up = to_channels_last(model.decoder.ups[1](x))
+        skip = to_channels_last(feats[0])
+        out = block(x_up, context=skip, residual=x_up + skip)
+        assert torch.allclose(out, x_up + skip, atol=1e-6)  # attention and MLP silenced: up-sampled map + skip
+        assert torch.allclose(to_channels_first(out), model.decoder(feats)[0], atol=1e-5)
+    enc = model.encoder
+    assert len([m for m in enc.embed.modules() if isinstance(m, torch.nn.Conv3d)]) == 4
+    assert hasattr(enc.stages[-1][0], "bias_table") and len(enc.norms) == 3
