@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
         """Per-image and per-class metrics of a model (or of predicted masks) on a labelled folder."""
-        from unetkit.evaluation.evaluate import evaluate_folder
+        from unetkit.evaluation.evaluate import evaluate_folder, format_summary
 
         with user_errors():
             options = {"device": device, "tta": tta}
@@ -42,11 +42,9 @@ def register(app: typer.Typer) -> None:
                 options["roi_size"] = roi[0] if len(roi) == 1 else tuple(roi)
             summary = evaluate_folder(source, data_dir, out, masks_dir=masks, num_classes=num_classes,
                                       ignore_index=ignore_index, hd95=not no_hd95, objects=objects, split=split,
-                                      iou_threshold=iou, min_distance=min_distance, min_size=min_size, overwrite=overwrite, predictor_options=options,
-                                      progress=True)
-        typer.echo(f"{summary['images']} image(s): mean Dice {summary['mean_dice']:.4f}")
-        for name, row in summary["classes"].items():
-            typer.echo(f"  {name:<16} Dice {row['dice_mean']:.4f} +/- {row['dice_std']:.4f}")
+                                      iou_threshold=iou, min_distance=min_distance, min_size=min_size, overwrite=overwrite,
+                                      predictor_options=options, progress=True)
+        typer.echo(format_summary(summary))
         if "objects" in summary:
             o = summary["objects"]
             typer.echo(f"  objects (IoU >= {o['iou_threshold']}): P {o['precision']:.3f} R {o['recall']:.3f} "
