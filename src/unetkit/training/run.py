@@ -97,7 +97,7 @@ def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -
         if len(supported) > 1:
             options.setdefault("dims", dims)
         sample = load_dataset(data.dataset, **options)
-        if len(sample) == 1 and not config.no_val:  # one image in memory: split by region, as a folder of one
+        if len(sample) == 1 and not config.no_val and data.val_fraction > 0:  # one image in memory: split by region, as a folder of one
             only = sample[0]
             return region_datasets(config, list(sample.samples), only.name, only.mask.shape[-dims:], meta={})
         folder = run_dir / "data"
@@ -134,7 +134,7 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
         split = get_fold(data.split_file, data.fold or 0)
     elif data.fold is not None:
         split = make_kfold(names, data.num_folds, config.seed)[data.fold]
-    elif len(names) == 1 and not config.no_val:
+    elif len(names) == 1 and not config.no_val and data.val_fraction > 0:
         return region_datasets(config, scan, names[0], report.stats["size_min"], meta, splits_path, images)
     else:
         split = make_split(names, 0.0 if config.no_val else data.val_fraction, config.seed)
