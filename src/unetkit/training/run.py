@@ -55,8 +55,8 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
     prepare_run_dir(config, run_dir, resume is not None, dist)
     try:
         train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None)
-        if config.max_minutes is not None:
-            trainer_kwargs.setdefault("deadline", started + 60 * config.max_minutes)
+        if config.max_minutes is not None and trainer_kwargs.get("deadline") is None:
+            trainer_kwargs["deadline"] = started + 60 * config.max_minutes
         trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
                           extra_meta=meta, infer=window_infer(config), run_dir_ready=True, **trainer_kwargs)
     except Exception:
@@ -241,3 +241,20 @@ def window_infer(config: TrainConfig):
                                         output_device=images.device)
 
     return infer
+
+
+def auto_train(data: str | Path, *, budget: str | float | None = None, overrides: list[str] | tuple = (),
+               echo: Any = print, started: float | None = None, **plan_options: Any) -> FitResult:
+    """Plan for the dataset folder `data` (`unetkit.planning.plan`), show the plan, apply `overrides`
+    (`section.field=value`, as `--set`), and train. The budget (default 10 minutes) bounds the whole
+    call, planning included; the run ends cleanly with its best model when it is spent."""
+    from unetkit.planning import parse_budget, plan
+
+    started = time.monotonic() if started is None else started
+    result = plan(data, budget=budget, started=started, **plan_options)
+    echo(result.table())
+    config = result.config.with_overrides(list(overrides))
+    deadline = started + 60 * (config.max_minutes if config.max_minutes is not None else result.budget_minutes)
+    if parse_budget(budget) is None and config.max_minutes is None:
+        deadline = None
+    return train(config, deadline=deadline)
