@@ -117,3 +117,11 @@ def test_a_spent_budget_stops_after_one_step_then_validates_and_keeps_the_best(t
     assert math.isfinite(result.history[0]["val_loss"])  # ... after validating what it had
     assert (tmp_path / "t" / "best.safetensors").is_file()
     assert json.loads((tmp_path / "t" / "report.json").read_text())["stopped_by_budget"] is True
+
+
+def test_in_channels_that_do_not_match_the_images_fail_before_training(tmp_path) -> None:
+    _single_case_folder(tmp_path / "data", 2)  # grey images
+    cfg = _config(tmp_path, tmp_path / "data", 2, **{"model.in_channels": 3})
+    with pytest.raises(ConfigError, match=r"have 1 channel\(s\) but model.in_channels is 3"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

@@ -124,6 +124,11 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None, num_classes=num_classes,
                            mask_kind=data.mask_kind, spatial_dims=dims, scan=scan)
     report.raise_if_problems()  # training refuses data with problems, with check-data's table
+    channels = report.stats.get("channels") or []
+    if channels and config.model.in_channels != channels[0]:
+        raise ConfigError(f"{images}: the images have {channels[0]} channel(s) but model.in_channels is "
+                          f"{config.model.in_channels}; set --in-channels {channels[0]} (a planned run, "
+                          "`unetkit train --images DIR` alone, takes it from the data)")
     names = [c.name for c in scan.pairs]
     meta = {"dataset_stats": {k: report.stats.get(k) for k in ("intensity", "class_frequency", "spacing_median")
                               if k in report.stats}}
