@@ -6,7 +6,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+local"
 
-from unetkit.models import create_model, list_models, register_model  # noqa: E402
+from unetkit.models import create_model, list_models, load_pretrained, register_model  # noqa: E402
 from unetkit.io.checkpoint import load_model, save_model  # noqa: E402
 
 
@@ -34,5 +34,5 @@ def train(config_or_data=None, *, resume=None, **options):
     return auto_train(config_or_data, **options)
 
 
-__all__ = ["__version__", "create_model", "list_models", "register_model", "load_model", "save_model", "plan",
-           "train"]
+__all__ = ["__version__", "create_model", "list_models", "register_model", "load_model", "save_model",
+           "load_pretrained", "plan", "train"]

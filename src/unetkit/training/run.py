@@ -18,6 +18,7 @@ An empty validation set is an error unless `no_val` (train on everything, keep t
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,11 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     from unetkit.data.splits import get_fold, make_kfold, make_split, save_splits
 
     data, dims = config.data, config.model.spatial_dims
-    num_classes = max(2, config.model.num_classes)
     scan = scan_folder(images, masks, data.mask_suffix or None)
-    report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None, num_classes=num_classes,
+    # model.num_classes 1 (the default) lets the masks decide: a class label map with K > 2 values
+    # builds a K-class model (data.mask_kind=binary merges all labels into one foreground instead)
+    report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None,
+                           num_classes=config.model.num_classes if config.model.num_classes > 1 else None,
                            mask_kind=data.mask_kind, spatial_dims=dims, scan=scan)
     report.raise_if_problems()  # training refuses data with problems, with check-data's table
     channels = report.stats.get("channels") or []
@@ -129,6 +132,14 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
         raise ConfigError(f"{images}: the images have {channels[0]} channel(s) but model.in_channels is "
                           f"{config.model.in_channels}; set --in-channels {channels[0]} (a planned run, "
                           "`unetkit train --images DIR` alone, takes it from the data)")
+    mask_kind = report.stats["mask_kind"]  # decided once, for the training and the validation set
+    if config.model.num_classes <= 1 and mask_kind == "classes" and report.stats["num_classes"] > 2:
+        config.model.num_classes = int(report.stats["num_classes"])
+        print(f"model.num_classes={config.model.num_classes} from the masks ({report.stats['mask_kind_reason']})",
+              file=sys.stderr)
+        if not resuming:
+            config.to_yaml(run_dir / "config.yaml")
+    num_classes = max(2, config.model.num_classes)
     names = [c.name for c in scan.pairs]
     meta = {"dataset_stats": {k: report.stats.get(k) for k in ("intensity", "class_frequency", "spacing_median")
                               if k in report.stats}}
@@ -144,16 +155,17 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
 
         labels = read_labels(scan.pairs[0].mask, dims)  # the held-out slab should hold foreground
         return region_datasets(config, scan, names[0], report.stats["size_min"], meta, splits_path, images,
-                               mask=labels > 0)
+                               mask=labels > 0, mask_kind=mask_kind)
     else:
         split = make_split(names, 0.0 if config.no_val else data.val_fraction, config.seed)
     if "regions" in split:  # a region split recorded in splits.json (resume, or a given split file)
-        return region_datasets(config, scan, split["train"][0], None, meta, None, images, split["regions"])
+        return region_datasets(config, scan, split["train"][0], None, meta, None, images, split["regions"],
+                               mask_kind=mask_kind)
     _check_validation(config, split, len(names))
     if not resuming:
         save_splits(splits_path, split, seed=config.seed, overwrite=True, source=str(images), fold=data.fold)
 
-    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": data.mask_kind}
+    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": mask_kind}
     transform = _augmentation(config)
     weight = _weight_map_fn(config)
     # patches with foreground oversampling, 2D and 3D: an epoch is samples_per_epoch patches
@@ -164,7 +176,8 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
 
 def region_datasets(config: TrainConfig, source: Any, name: str, shape: Any, meta: dict,
                     splits_path: Path | None = None, images: Path | None = None,
-                    regions: dict | None = None, mask: Any = None) -> tuple[Dataset, Dataset, dict]:
+                    regions: dict | None = None, mask: Any = None, mask_kind: str | None = None
+                    ) -> tuple[Dataset, Dataset, dict]:
     """One image or volume (a folder of one case, or a single-image sample dataset) split by region:
     random patches from the training region, the held-out slab (`val_fraction` of one axis, holding
     its share of the foreground when `mask` is given; see `unetkit.data.splits.region_split`)
@@ -180,7 +193,7 @@ def region_datasets(config: TrainConfig, source: Any, name: str, shape: Any, met
             save_splits(splits_path, {"train": [name], "val": [name], "regions": regions}, seed=config.seed,
                         overwrite=True, source=str(images), kind_detail="region")
     common = {"normalize": data.normalize, "num_classes": max(2, config.model.num_classes),
-              "mask_kind": data.mask_kind}
+              "mask_kind": mask_kind or data.mask_kind}
     train_set = _patches(config, source, [name], _augmentation(config), _weight_map_fn(config),
                          regions=regions["train"], **common)
     val_set = WholeCases(PatchDataset(source, data.patch_size, names=[name], regions=regions["val"], length=1,
