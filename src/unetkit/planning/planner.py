@@ -238,7 +238,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     add("loss", "Dice + CE, deep supervision", "nnU-Net")
     add("sampling", f"{steps_per_epoch * chosen['batch']} patches/epoch, 1/3 on foreground",
         "nnU-Net: an epoch is a fixed number of iterations; foreground oversampling")
-    add("validation", "region split (far 20% of the longest axis)" if single else "20% of the cases",
+    add("validation", "region split (a 20% slab holding foreground)" if single else "20% of the cases",
         "a single image or volume is split by region" if single else "seeded split, recorded in splits.json")
     add("early stopping", "off", "the budget and the schedule end the run; best model by validation Dice")
 
