@@ -46,7 +46,7 @@ class DataConfig:
     weight_map: bool = False  # the original U-Net boundary weight maps
     weight_map_w0: float = 10.0
     weight_map_sigma: float = 5.0
-    samples_per_epoch: Optional[int] = None  # random patches per epoch for patch datasets
+    samples_per_epoch: Optional[int] = None  # patches per epoch (2D and 3D); None: one per case (3D: 4), >= a batch
     oversample_foreground: float = 0.33
     strict: bool = False  # empty masks (background only) are errors, not warnings
 
@@ -89,8 +89,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     epochs: int = 50
     max_steps: Optional[int] = None  # stop after this many optimiser steps
-    max_minutes: Optional[float] = None  # stop (after the epoch) once this much time has passed
+    max_minutes: Optional[float] = None  # time budget of the whole run, validation included (--budget)
     val_every: int = 1
+    no_val: bool = False  # train on every case, no validation: keeps the last model only (--no-val)
     monitor: str = "dice"  # metric choosing the best checkpoint and early stopping ("loss" too)
     early_stop_patience: Optional[int] = 10  # validations without improvement; None: off
     grad_clip: Optional[float] = None
@@ -106,6 +107,7 @@ class TrainConfig:
     overlays: int = 3  # validation overlays written per validation
     tensorboard: bool = True
     device: str = "auto"
+    threads: Optional[int] = None  # CPU threads for PyTorch (None: its default); plans time both
 
     def validate(self) -> "TrainConfig":
         """Refuse settings that cannot work, before any work (ConfigError naming the field)."""
