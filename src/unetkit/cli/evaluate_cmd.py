@@ -12,7 +12,8 @@ from unetkit.cli.common import user_errors
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
-        source: Path = typer.Argument(..., help="Model file, or a folder of predicted masks (e.g. a predict --out folder)."),
+        source: List[Path] = typer.Argument(..., help="Model file, several (an ensemble), a cross-validation run "
+                                            "folder, or a folder of predicted masks (e.g. a predict --out folder)."),
         data_dir: Path = typer.Argument(..., help="Labelled folder (images/ + masks/, or any layout data check knows)."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for per_image.csv, per_class.csv, summary.json, dice.png."),
         masks: Optional[Path] = typer.Option(None, "--masks", help="Masks folder (images in DATA_DIR)."),
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
         no_hd95: bool = typer.Option(False, "--no-hd95", help="Skip the 95% Hausdorff distance."),
         roi: Optional[List[int]] = typer.Option(None, "--roi", help="Window size when predicting."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation when predicting."),
+        no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the models' stored post-processing."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
@@ -32,12 +34,20 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             options = {"device": device, "tta": tta}
+            if no_postprocess:
+                options["postprocessing"] = []
             if roi:
                 options["roi_size"] = roi[0] if len(roi) == 1 else tuple(roi)
-            summary = evaluate_folder(source, data_dir, out, masks_dir=masks, num_classes=num_classes,
+            summary = evaluate_folder(source if len(source) > 1 else source[0], data_dir, out, masks_dir=masks, num_classes=num_classes,
                                       ignore_index=ignore_index, hd95=not no_hd95, objects=objects, split=split,
                                       iou_threshold=iou, overwrite=overwrite, predictor_options=options,
                                       progress=True)
+        if summary.get("models", 1) > 1:
+            typer.echo(f"ensemble of {summary['models']} models (probabilities averaged)")
+        if summary.get("postprocessing"):
+            from unetkit.evaluation.postprocess import describe_postprocessing
+
+            typer.echo(f"post-processing from the model file(s): {describe_postprocessing(summary['postprocessing'])}")
         typer.echo(f"{summary['images']} image(s): mean Dice {summary['mean_dice']:.4f}")
         for name, row in summary["classes"].items():
             typer.echo(f"  {name:<16} Dice {row['dice_mean']:.4f} +/- {row['dice_std']:.4f}")

@@ -45,6 +45,10 @@ def register(app: typer.Typer) -> None:
         progress: Optional[str] = typer.Option(None, help="progress: bar | quiet | json."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+        folds: Optional[int] = typer.Option(None, "--folds", help="Cross-validation: train K folds, each in "
+                                            "RUN/fold_<i>/, then score and ensemble them (data.num_folds)."),
+        fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this fold of a cross-validation "
+                                                 "run (repeatable; with --resume: add it to that run)."),
         set_: List[str] = typer.Option([], "--set", help="Any config field: section.field=value (repeatable)."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     ) -> None:
@@ -58,17 +62,29 @@ def register(app: typer.Typer) -> None:
                  "data.patch_size": f"[{patch_size}]" if patch_size else None, "optim.lr": lr,
                  "optim.name": optimizer, "schedule.name": schedule, "schedule.warmup_epochs": warmup,
                  "data.augmentation": augmentation, "out_dir": out_dir, "name": name, "seed": seed,
-                 "device": device, "progress": progress, "overwrite": "true" if overwrite else None}
+                 "device": device, "progress": progress, "overwrite": "true" if overwrite else None,
+                 "data.num_folds": folds}
         overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(set_)
+        from unetkit.training.cv import is_cv_run, train_folds
+
         with user_errors():
             if resume is not None:
-                if overrides or config is not None:
-                    fail("--resume continues a run with its own config.yaml; give no other options")
+                if overrides or config is not None or (fold and not is_cv_run(resume)):
+                    fail("--resume continues a run with its own config.yaml; give no other options "
+                         "(--fold N only to add a fold to a cross-validation run)")
+                if is_cv_run(resume):
+                    cv = train_folds(None, folds=fold or None, resume=resume)
+                    typer.echo(f"cross-validation run folder: {cv.run_dir}" + ("" if cv.complete else " (not complete)"))
+                    return
                 result = train(None, resume=resume)  # type: ignore[arg-type]
             else:
                 cfg = build_config(config, overrides)
                 if print_config:
                     typer.echo(cfg.to_yaml())
+                    return
+                if folds is not None or fold:
+                    cv = train_folds(cfg, folds=fold or None)
+                    typer.echo(f"cross-validation run folder: {cv.run_dir}" + ("" if cv.complete else " (not complete)"))
                     return
                 result = train(cfg)
         best = "n/a" if result.best_epoch == 0 else f"{result.best_value:.4f} at epoch {result.best_epoch}"
