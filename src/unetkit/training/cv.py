@@ -72,8 +72,6 @@ def train_folds(config: TrainConfig | None, folds: Sequence[int] | None = None, 
     is finished, the out-of-fold predictions are scored and post-processing is chosen (see the
     module docstring). `train_kwargs` go to `train()` (e.g. callbacks).
     """
-    from unetkit.training.run import train
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("cross-validation trains its folds one after another in one process; under torchrun "
                           "train a single split, or run train_folds without torchrun")
@@ -84,6 +82,29 @@ def train_folds(config: TrainConfig | None, folds: Sequence[int] | None = None, 
             raise ConfigError("train_folds() needs a config, or resume= a cross-validation run folder")
         run_dir, base, num_folds, wanted = _new_run(config, folds)
     say = print if base.progress != "quiet" else (lambda *a, **k: None)
+    try:
+        result = _run_folds(run_dir, base, num_folds, wanted, say, train_kwargs)
+    except BaseException:
+        if resume is None and not any(fold_state(fold_dir(run_dir, f)) != "new" for f in range(num_folds)):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a new run that trained nothing: leave no half-made folder
+        raise
+    missing = [f for f in range(num_folds) if fold_state(fold_dir(run_dir, f)) != "predicted"]
+    if missing:
+        say(f"cross-validation: fold(s) {', '.join(map(str, missing))} of {num_folds} not trained yet; "
+            f"continue with `unetkit train --resume {run_dir} --fold N` (or train_folds(None, resume=..., folds=[...]))")
+        return result
+    result.summary = summarize_cv(run_dir) if not (run_dir / ENSEMBLE_MANIFEST).is_file() else \
+        json.loads((run_dir / "cv_summary.json").read_text(encoding="utf-8"))
+    result.complete = True
+    if base.progress != "quiet":
+        print(format_summary(result.summary))
+    return result
+
+
+def _run_folds(run_dir: Path, base: TrainConfig, num_folds: int, wanted: list[int], say: Any,
+               train_kwargs: dict[str, Any]) -> CVResult:
+    from unetkit.training.run import train
+
     result = CVResult(run_dir, num_folds)
     for fold in wanted:
         where = fold_dir(run_dir, fold)
@@ -99,16 +120,6 @@ def train_folds(config: TrainConfig | None, folds: Sequence[int] | None = None, 
             result.trained[fold] = train(fold_config(base, run_dir, fold, restart=state == "empty"), **train_kwargs)
         if fold_state(where) != "predicted":
             predict_validation(where, base)
-    missing = [f for f in range(num_folds) if fold_state(fold_dir(run_dir, f)) != "predicted"]
-    if missing:
-        say(f"cross-validation: fold(s) {', '.join(map(str, missing))} of {num_folds} not trained yet; "
-            f"continue with `unetkit train --resume {run_dir} --fold N` (or train_folds(None, resume=..., folds=[...]))")
-        return result
-    result.summary = summarize_cv(run_dir) if not (run_dir / ENSEMBLE_MANIFEST).is_file() else \
-        json.loads((run_dir / "cv_summary.json").read_text(encoding="utf-8"))
-    result.complete = True
-    if base.progress != "quiet":
-        print(format_summary(result.summary))
     return result
 
 
