@@ -242,7 +242,8 @@ def test_small_object_removal_uses_sizes_from_the_references_and_is_rejected_whe
     tiny = true.copy()
     tiny[30:32, 5:7] = 1  # now a real 4-pixel object: the data's sizes make the threshold 2
     sizes = select_postprocessing([(tiny, tiny)], num_classes=1)["trials"]
-    assert [t["step"]["min_size"] for t in sizes if t["step"]["op"] == "remove_small"] == [int(0.5 * np.percentile([4, 100, 100], 5))]
+    thresholds = [t["step"]["min_size"] for t in sizes if t["step"]["op"] == "remove_small"]
+    assert thresholds == [int(0.5 * np.percentile([4, 100, 100], 5))]
 
 
 def _fragmented_model(path: Path, image: np.ndarray) -> Path:

@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
                          "(--fold N only to add a fold to a cross-validation run)")
                 if is_cv_run(resume):
                     cv = train_folds(None, folds=fold or None, resume=resume)
-                    typer.echo(f"cross-validation run folder: {cv.run_dir}" + ("" if cv.complete else " (not complete)"))
+                    typer.echo(f"cross-validation run folder: {cv.run_dir}{'' if cv.complete else ' (not complete)'}")
                     return
                 result = train(None, resume=resume)  # type: ignore[arg-type]
             else:
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
                     return
                 if folds is not None or fold:
                     cv = train_folds(cfg, folds=fold or None)
-                    typer.echo(f"cross-validation run folder: {cv.run_dir}" + ("" if cv.complete else " (not complete)"))
+                    typer.echo(f"cross-validation run folder: {cv.run_dir}{'' if cv.complete else ' (not complete)'}")
                     return
                 result = train(cfg)
         best = "n/a" if result.best_epoch == 0 else f"{result.best_value:.4f} at epoch {result.best_epoch}"

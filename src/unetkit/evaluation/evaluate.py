@@ -34,7 +34,8 @@ from unetkit.metrics import confusion_counts, dice, hausdorff_distance_95, iou, 
 OUTPUTS = ("per_image.csv", "per_class.csv", "summary.json", "dice.png")
 
 
-def evaluate_folder(source: str | os.PathLike | Sequence[str | os.PathLike], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def evaluate_folder(source: str | os.PathLike | Sequence[str | os.PathLike], data_dir: str | os.PathLike,
+                    out_dir: str | os.PathLike,
                     masks_dir: str | os.PathLike | None = None, num_classes: int | None = None,
                     class_names: Sequence[str] | None = None, ignore_index: int | None = None,
                     include_background: bool = False, hd95: bool = True, objects: bool = False,
@@ -207,7 +208,8 @@ def _summary(rows: list[dict[str, Any]], object_rows: list[dict[str, Any]], clas
         class_rows.append({k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()})
     foreground = [r["dice_mean"] for r in class_rows if r["class"] > 0]
     summary: dict[str, Any] = {
-        "source": ", ".join(map(str, source)) if isinstance(source, (list, tuple)) else str(source), "data_dir": str(data_dir), "images": len({r["image"] for r in rows}),
+        "source": ", ".join(map(str, source)) if isinstance(source, (list, tuple)) else str(source),
+        "data_dir": str(data_dir), "images": len({r["image"] for r in rows}),
         "num_classes": num_classes, "mean_dice": float(np.mean(foreground)) if foreground else float("nan"),
         "classes": {r["class_name"]: {k: v for k, v in r.items() if k not in ("class_name",)} for r in class_rows},
         "_class_rows": class_rows,

@@ -56,9 +56,9 @@ class Predictor:
     """Sliding-window (overlap-tile for valid-padding models) prediction with optional TTA; `model`
     may be a list of models (an ensemble: their probabilities are averaged)."""
 
-    def __init__(self, model: nn.Module | Sequence[nn.Module], preprocess: dict[str, Any] | None = None, mode: str | None = None,
-                 threshold: float = 0.5, roi_size: int | Sequence[int] | None = None, overlap: float = 0.5,
-                 tta: bool = False, batch_size: int = 4, device: str | torch.device = "cpu",
+    def __init__(self, model: nn.Module | Sequence[nn.Module], preprocess: dict[str, Any] | None = None,
+                 mode: str | None = None, threshold: float = 0.5, roi_size: int | Sequence[int] | None = None,
+                 overlap: float = 0.5, tta: bool = False, batch_size: int = 4, device: str | torch.device = "cpu",
                  class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
                  in_channels: int | None = None, blend: str = "gaussian", padding_mode: str = "reflect",
                  source: str = "model", postprocessing: Sequence[dict[str, Any]] | None = None,
@@ -153,7 +153,7 @@ class Predictor:
         run_dir = Path(run_dir)
         manifest_path = run_dir / ENSEMBLE_MANIFEST
         if not manifest_path.is_file():
-            if (run_dir / "cv.json").is_file():
+            if (run_dir / "cv.json").is_file():  # unetkit.training.cv.CV_MANIFEST
                 raise ConfigError(f"{run_dir}: the cross-validation run is not complete (no {ENSEMBLE_MANIFEST}); "
                                   f"finish it with `unetkit train --resume {run_dir}`, or name the fold model "
                                   "files you want (e.g. fold_0/last.safetensors fold_1/last.safetensors)")
@@ -179,6 +179,10 @@ class Predictor:
         if isinstance(source, (list, tuple)):
             if len(source) == 1:
                 return cls.load(source[0], **options)
+            folders = [str(s) for s in source if Path(s).is_dir()]
+            if folders:
+                raise ConfigError(f"{folders[0]}: a run folder cannot be mixed with other models; "
+                                  "give one run folder, or model files only")
             return cls.from_checkpoints(source, **options)
         if Path(source).is_dir():
             return cls.from_run(source, **options)

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from unetkit.errors import ConfigError
+from unetkit.inference.predictor import ENSEMBLE_MANIFEST  # the file Predictor.from_run reads
 from unetkit.training.artifacts import write_json
 from unetkit.training.config import TrainConfig
 from unetkit.training.trainer import FitResult, default_run_name, prepare_run_dir
 
 CV_MANIFEST = "cv.json"
-ENSEMBLE_MANIFEST = "ensemble.json"
 CHECKPOINT = "last"  # the fold's final model: best.safetensors was chosen on the very cases it would predict
 
 
@@ -81,7 +81,7 @@ def train_folds(config: TrainConfig | None, folds: Sequence[int] | None = None, 
         if config is None:
             raise ConfigError("train_folds() needs a config, or resume= a cross-validation run folder")
         run_dir, base, num_folds, wanted = _new_run(config, folds)
-    say = print if base.progress != "quiet" else (lambda *a, **k: None)
+    say = print if base.progress == "bar" else (lambda *a, **k: None)
     try:
         result = _run_folds(run_dir, base, num_folds, wanted, say, train_kwargs)
     except BaseException:
@@ -91,13 +91,13 @@ def train_folds(config: TrainConfig | None, folds: Sequence[int] | None = None, 
     missing = [f for f in range(num_folds) if fold_state(fold_dir(run_dir, f)) != "predicted"]
     if missing:
         say(f"cross-validation: fold(s) {', '.join(map(str, missing))} of {num_folds} not trained yet; "
-            f"continue with `unetkit train --resume {run_dir} --fold N` (or train_folds(None, resume=..., folds=[...]))")
+            f"continue with `unetkit train --resume {run_dir} --fold N` "
+            "(Python: train_folds(None, resume=..., folds=[...]))")
         return result
     result.summary = summarize_cv(run_dir) if not (run_dir / ENSEMBLE_MANIFEST).is_file() else \
         json.loads((run_dir / "cv_summary.json").read_text(encoding="utf-8"))
     result.complete = True
-    if base.progress != "quiet":
-        print(format_summary(result.summary))
+    say(format_summary(result.summary))
     return result
 
 
@@ -133,6 +133,9 @@ def _new_run(config: TrainConfig, folds: Sequence[int] | None) -> tuple[Path, Tr
     if data.fold is not None:
         raise ConfigError("data.fold selects one split of a single run; for cross-validation give the folds "
                           "to train_folds(folds=[...]) (CLI: --fold N) and leave data.fold unset")
+    if getattr(config, "no_val", False):
+        raise ConfigError("cross-validation validates every fold on its held-out cases; no_val (--no-val) "
+                          "does not apply to it")
     if data.split_file is not None:
         split_folds = load_splits(data.split_file)["folds"]
         num_folds = len(split_folds)
@@ -329,8 +332,9 @@ def summarize_cv(run_dir: str | os.PathLike) -> dict[str, Any]:
     def accumulator(chosen: list[int]) -> MetricAccumulator:
         acc = MetricAccumulator(num_classes, include_background=False)
         for f in chosen:
-            acc.merge({"num_classes": num_classes, "metrics": list(acc.metrics), "names": [c["name"] for c in records[f]["cases"]],
-                       "counts": [np.asarray(c, dtype=np.int64) for c in records[f]["counts"]], "surface": []})
+            acc.merge({"num_classes": num_classes, "metrics": list(acc.metrics), "surface": [],
+                       "names": [c["name"] for c in records[f]["cases"]],
+                       "counts": [np.asarray(c, dtype=np.int64) for c in records[f]["counts"]]})
         return acc
 
     per_fold = [accumulator([f]) for f in range(num_folds)]
