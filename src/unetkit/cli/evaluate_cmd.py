@@ -44,10 +44,8 @@ def register(app: typer.Typer) -> None:
                                       progress=True)
         if summary.get("models", 1) > 1:
             typer.echo(f"ensemble of {summary['models']} models (probabilities averaged)")
-        if summary.get("postprocessing"):
-            from unetkit.evaluation.postprocess import describe_postprocessing
-
-            typer.echo(f"post-processing from the model file(s): {describe_postprocessing(summary['postprocessing'])}")
+        if summary.get("postprocessing_note"):
+            typer.echo(summary["postprocessing_note"])
         typer.echo(f"{summary['images']} image(s): mean Dice {summary['mean_dice']:.4f}")
         for name, row in summary["classes"].items():
             typer.echo(f"  {name:<16} Dice {row['dice_mean']:.4f} +/- {row['dice_std']:.4f}")

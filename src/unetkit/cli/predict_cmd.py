@@ -51,7 +51,8 @@ def register(app: typer.Typer) -> None:
                                        tta=tta, batch_size=batch_size, **overrides)
             if len(predictor.models) > 1:
                 typer.echo(f"ensemble of {len(predictor.models)} models (probabilities averaged)")
-            for line in [predictor.describe_postprocessing(), *predictor.notes]:
+            stated = "post-processing: off (--no-postprocess)" if no_postprocess else predictor.describe_postprocessing()
+            for line in [stated, *predictor.notes]:
                 if line:
                     typer.echo(line)
             results = predictor.predict_paths(inputs, out, skip_errors=skip_errors, progress=True,

@@ -119,7 +119,8 @@ def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int 
             image = np.concatenate([read_input(p, predictor.spatial_dims)[0] for p in case.images])
             return predictor.predict_array(image, source=case.images[0]).labels[0]
 
-        described = {"models": len(predictor.models), "postprocessing": predictor.postprocessing}
+        described = {"models": len(predictor.models), "postprocessing": predictor.postprocessing,
+                     "postprocessing_note": predictor.describe_postprocessing()}
         return predict, k, binary, _names(names, k), described
     source = Path(source)
     if not source.is_dir():

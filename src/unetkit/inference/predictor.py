@@ -88,6 +88,7 @@ class Predictor:
         self.source = source
         self.valid_mode = getattr(self.model, "padding", "same") == "valid" and hasattr(self.model, "output_size")
         self.postprocessing = check_postprocessing(postprocessing or [], source)
+        self.postprocessing_chosen = postprocessing is not None  # a plan was given (an empty one included)
         self.postprocessing_source = postprocessing_source or source
         self.roi_size = self._window(roi_size)
         self.notes: list[str] = []  # things the caller should tell the user (e.g. ensemble caveats)
@@ -130,7 +131,7 @@ class Predictor:
         _check_agreement(paths, loaded)
         first = loaded[0][1]
         plans = [s["postprocessing"] for _, s in loaded]
-        same_plan = all(p == plans[0] for p in plans)
+        same_plan = all((p or []) == (plans[0] or []) for p in plans)
         kwargs: dict[str, Any] = {
             **{k: first[k] for k in ("preprocess", "mode", "threshold", "class_names", "spacing", "in_channels")},
             "roi_size": roi_size or first["patch_size"], "overlap": overlap, "tta": tta, "batch_size": batch_size,
@@ -189,10 +190,11 @@ class Predictor:
         return cls.from_checkpoint(source, **options)
 
     def describe_postprocessing(self) -> str | None:
-        """A sentence saying which post-processing is applied and where it came from (None if none)."""
+        """A sentence saying which post-processing is applied and where it came from (None when no
+        plan was given: the model files store none)."""
         from unetkit.evaluation.postprocess import describe_postprocessing
 
-        if not self.postprocessing:
+        if not self.postprocessing_chosen:
             return None
         return f"post-processing from {self.postprocessing_source}: {describe_postprocessing(self.postprocessing)}"
 
@@ -396,7 +398,7 @@ def _load_with_settings(path: str | os.PathLike, device: str) -> tuple[nn.Module
     settings = {"preprocess": extra.get("preprocess"), "mode": extra.get("mode"),
                 "threshold": extra.get("threshold", 0.5), "class_names": extra.get("class_names"),
                 "spacing": extra.get("spacing"), "in_channels": in_channels, "patch_size": extra.get("patch_size"),
-                "postprocessing": extra.get("postprocessing") or [], "source": str(path)}
+                "postprocessing": extra.get("postprocessing"), "source": str(path)}
     return model, settings
 
 
