@@ -282,3 +282,20 @@ def test_the_plan_is_stored_in_the_model_and_applied_by_predict(tmp_path: Path) 
                                    "--no-overlay"])
     assert out.exit_code == 0 and "post-processing from" in out.output and "largest component of class 1" in out.output
     np.testing.assert_array_equal(read_labels(tmp_path / "p" / "masks" / "img.tif"), applied)
+
+
+def test_train_command_line_routes_folds_and_resume(cv_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["train", "--dataset", "synthetic-cells", "--set", "data.dataset_options={size: 32, count: 6}",
+            "--num-classes", "1", "--out-dir", str(tmp_path), "--name", "cli", "--progress", "quiet"]
+    out = runner.invoke(app, [*args, "--folds", "7"])
+    assert out.exit_code == 1 and "needs at least 7 cases; there are 6" in out.output
+    out = runner.invoke(app, [*args, "--folds", "3", "--fold", "3"])
+    assert out.exit_code == 1 and "out of range: the run has 3 folds" in out.output
+    assert not (tmp_path / "cli").exists()
+    before = (cv_run / "ensemble.json").read_bytes()
+    out = runner.invoke(app, ["train", "--resume", str(cv_run)])  # every fold finished: nothing to do
+    assert out.exit_code == 0 and f"cross-validation run folder: {cv_run}" in out.output, out.output
+    assert (cv_run / "ensemble.json").read_bytes() == before
+    out = runner.invoke(app, ["train", "--resume", str(cv_run / "fold_0"), "--fold", "1"])
+    assert out.exit_code == 1 and "--fold N only to add a fold to a cross-validation run" in out.output
