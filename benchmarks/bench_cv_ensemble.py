@@ -10,6 +10,7 @@ A pool of `--count` synthetic-cells images (2D, `--classes` classes with backgro
 Also printed: the CV (out-of-fold) Dice and the post-processing chosen.
 
     python benchmarks/bench_cv_ensemble.py [--folds 5] [--epochs 30] [--size 96] [--count 15] [--test 8]
+    python benchmarks/bench_cv_ensemble.py --out W --reuse   # score the folds of W/cv finished so far
     python benchmarks/bench_cv_ensemble.py --folds 2 --epochs 1 --size 48 --count 4 --test 2 --batch-size 2   # smoke run
 """
 from __future__ import annotations
@@ -39,10 +40,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--reuse", action="store_true", help="no training: score the finished folds of --out/cv "
+                        "(the ensemble of those folds, without post-processing when the CV is incomplete)")
     args = parser.parse_args()
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-cv-"))
     pool, test = work / "pool", work / "test"
+    if args.reuse:
+        return score_finished(work, test)
     write_dataset("synthetic-cells", pool, size=args.size, count=args.count, num_classes=args.classes, seed=1,
                   overwrite=True)
     write_dataset("synthetic-cells", test, size=args.size, count=args.test, num_classes=args.classes, seed=2,
@@ -92,6 +97,24 @@ def main() -> None:
     print(f"  training {train_s:.0f} s (shared machine: re-take timings on a quiet one); work folder {work}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def score_finished(work: Path, test: Path) -> None:
+    run = work / "cv"
+    folds = [f for f in range(100) if (run / f"fold_{f}" / "report.json").is_file()]
+    files = [run / f"fold_{f}" / "last.safetensors" for f in folds]
+
+    def score(source, name: str) -> float:
+        summary = evaluate_folder(source, test, work / "eval" / name, hd95=False, overwrite=True,
+                                  predictor_options={"device": "cpu", "postprocessing": []})
+        return float(summary["mean_dice"])
+
+    singles = [score(path, f"fold_{f}") for f, path in zip(folds, files)]
+    ensemble = score(files, "ensemble_finished")
+    print(f"finished folds {folds} of {run}; held-out test images: {test}")
+    print("  test Dice per fold          " + " ".join(f"{d:.4f}" for d in singles))
+    print(f"  mean single fold            {np.mean(singles):.4f}")
+    print(f"  ensemble of these folds     {ensemble:.4f}")
 
 
 if __name__ == "__main__":
