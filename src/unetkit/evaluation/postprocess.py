@@ -246,8 +246,12 @@ def select_postprocessing(pairs: Sequence[Pair], num_classes: int, min_sizes: di
         worse = [c for c in trial["per_class"] if trial["per_class"][c] < current["per_class"][c] - tolerance]
         better = trial["mean_dice"] > current["mean_dice"] + tolerance
         ok = better and not worse
-        reason = "accepted" if ok else \
-            (f"class {', '.join(worse)} gets worse" if worse else "mean Dice does not improve")
+        if ok:
+            reason = "accepted"
+        elif worse:
+            reason = f"class {worse[0]} gets worse" if len(worse) == 1 else f"classes {', '.join(worse)} get worse"
+        else:
+            reason = "mean Dice does not improve"
         trials.append({"step": step, **trial, "accepted": ok, "reason": reason})
         if ok:
             accepted.append(step)
