@@ -42,8 +42,9 @@ def cv_run(tmp_path_factory) -> Path:
 
 
 def _dice(pred: np.ndarray, true: np.ndarray, cls: int) -> float:
+    """NaN when the class is in neither mask (left out of means, as unetkit.metrics does)."""
     p, t = pred == cls, true == cls
-    return 1.0 if p.sum() + t.sum() == 0 else 2 * float((p & t).sum()) / float(p.sum() + t.sum())
+    return np.nan if p.sum() + t.sum() == 0 else 2 * float((p & t).sum()) / float(p.sum() + t.sum())
 
 
 # ---- folds --------------------------------------------------------------------------------------
@@ -80,8 +81,8 @@ def test_out_of_fold_predictions_and_summary_match_an_independent_computation(cv
     summary = json.loads((cv_run / "cv_summary.json").read_text())
     pooled = summary["pooled"]["dice"]
     for c, values in per_class.items():
-        assert pooled["per_class"][str(c)]["mean"] == pytest.approx(np.mean(values), abs=1e-6)
-    assert pooled["mean"] == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]), abs=1e-6)
+        assert pooled["per_class"][str(c)]["mean"] == pytest.approx(np.nanmean(values), abs=1e-6)
+    assert pooled["mean"] == pytest.approx(np.nanmean([np.nanmean(v) for v in per_class.values()]), abs=1e-6)
     assert [f["num_images"] for f in summary["folds"]] == [len(f["val"]) for f in folds]
 
 
@@ -213,17 +214,19 @@ def _specks(shape=(64, 64)) -> np.ndarray:
 def test_selection_rejects_a_step_that_hurts_a_class_and_accepts_one_that_helps() -> None:
     blob = np.zeros((64, 64), np.uint8)
     blob[5:15, 5:15] = 1
+    blob[5:9, 15:19] = 2  # a small class-2 object touching the class-1 one: one foreground component
     noisy = blob.copy()
     noisy[_specks()] = 1  # class 1: one true object and many false specks
     with_class2 = blob.copy()
-    with_class2[5:9, 40:44] = 2  # a small, correct class-2 object apart from the big class-1 one
+    with_class2[5:9, 40:44] = 2  # a second, correct class-2 object apart from the rest
     pairs = [(noisy, blob), (noisy, blob), (with_class2, with_class2)]
     choice = select_postprocessing(pairs, num_classes=3)
     by_op = {t["step"]["op"] + str(t["step"].get("classes", "")): t for t in choice["trials"]}
     merged = by_op["keep_largest_foreground"]
     # keeping the largest foreground component raises the mean Dice but deletes class 2 in one case
     assert merged["mean_dice"] > choice["baseline"]["mean_dice"] and not merged["accepted"]
-    assert merged["per_class"]["2"] == pytest.approx(2 / 3) and "class 2 gets worse" in merged["reason"]
+    lost_one = 2 * 16 / (16 + 32)  # case 3 keeps one of its two 16-pixel class-2 objects
+    assert merged["per_class"]["2"] == pytest.approx((2 + lost_one) / 3) and "class 2 gets worse" in merged["reason"]
     assert choice["steps"] == [{"op": "keep_largest", "classes": [1]}]
     speck_dice = _dice(noisy, blob, 1)
     assert choice["baseline"]["per_class"]["1"] == pytest.approx((2 * speck_dice + 1) / 3)

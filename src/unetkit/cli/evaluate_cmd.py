@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
         """Per-image and per-class metrics of a model (or of predicted masks) on a labelled folder."""
-        from unetkit.evaluation.evaluate import evaluate_folder
+        from unetkit.evaluation.evaluate import evaluate_folder, format_summary
 
         with user_errors():
             options = {"device": device, "tta": tta}
@@ -46,9 +46,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"ensemble of {summary['models']} models (probabilities averaged)")
         if summary.get("postprocessing_note"):
             typer.echo(summary["postprocessing_note"])
-        typer.echo(f"{summary['images']} image(s): mean Dice {summary['mean_dice']:.4f}")
-        for name, row in summary["classes"].items():
-            typer.echo(f"  {name:<16} Dice {row['dice_mean']:.4f} +/- {row['dice_std']:.4f}")
+        typer.echo(format_summary(summary))
         if "objects" in summary:
             o = summary["objects"]
             typer.echo(f"  objects (IoU >= {o['iou_threshold']}): P {o['precision']:.3f} R {o['recall']:.3f} "

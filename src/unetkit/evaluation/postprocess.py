@@ -223,7 +223,7 @@ def select_postprocessing(pairs: Sequence[Pair], num_classes: int, min_sizes: di
     objects smaller than `min_sizes[c]` (default: half the 5th percentile of the reference objects'
     sizes of class c); filling holes. A step is accepted only when the mean foreground Dice rises
     (by more than `tolerance`) and no class's mean Dice falls. Dice is per case and class
-    (`unetkit.metrics`), averaged over cases.
+    (`unetkit.metrics`: a class absent from both masks of a case is left out), averaged over cases.
 
     `num_classes`: model outputs (1 = binary). Returns {"steps", "baseline", "final", "trials"}, where
     baseline/final/each trial hold {"mean_dice", "per_class": {class: Dice}}.
@@ -243,7 +243,8 @@ def select_postprocessing(pairs: Sequence[Pair], num_classes: int, min_sizes: di
     current, accepted, trials = baseline, [], []
     for step in candidates:
         trial = _score(pairs, accepted + [step], num_classes)
-        worse = [c for c in trial["per_class"] if trial["per_class"][c] < current["per_class"][c] - tolerance]
+        worse = [c for c in trial["per_class"]  # NaN: the class is now absent everywhere (only false positives)
+                 if trial["per_class"][c] < current["per_class"][c] - tolerance]
         better = trial["mean_dice"] > current["mean_dice"] + tolerance
         ok = better and not worse
         if ok:
@@ -289,4 +290,5 @@ def _score(pairs: Sequence[Pair], steps: list[dict[str, Any]], num_classes: int)
                    torch.from_numpy(_load(ref).astype(np.int64))[None, None])
     dice = acc.compute()["dice"]
     per_class = {name: float(v["mean"]) for name, v in dice["per_class"].items()}
-    return {"mean_dice": float(np.mean(list(per_class.values()))), "per_class": per_class}
+    scored = [v for v in per_class.values() if np.isfinite(v)]  # classes present somewhere (unetkit.metrics)
+    return {"mean_dice": float(np.mean(scored)) if scored else float("nan"), "per_class": per_class}
