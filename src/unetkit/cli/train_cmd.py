@@ -1,6 +1,7 @@
 """`unetkit train` and `unetkit demo`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -88,7 +89,8 @@ def register(app: typer.Typer) -> None:
                     return
                 result = train(cfg)
         best = "n/a" if result.best_epoch == 0 else f"{result.best_value:.4f} at epoch {result.best_epoch}"
-        typer.echo(f"run folder: {result.run_dir}  best: {best}")
+        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+            typer.echo(f"run folder: {result.run_dir}  best: {best}")
 
     @app.command("demo")
     def demo_cmd(

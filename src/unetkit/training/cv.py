@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,19 +74,25 @@ def train_folds(config: TrainConfig | None, folds: Sequence[int] | None = None, 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("cross-validation trains its folds one after another in one process; under torchrun "
                           "train a single split, or run train_folds without torchrun")
+    folder = None
     if resume is not None:
         run_dir, base, num_folds, wanted = _open_run(Path(resume), folds)
     else:
         if config is None:
             raise ConfigError("train_folds() needs a config, or resume= a cross-validation run folder")
-        run_dir, base, num_folds, wanted = _new_run(config, folds)
+        run_dir, base, num_folds, wanted, folder = _new_run(config, folds)
     say = print if base.progress == "bar" else (lambda *a, **k: None)
     try:
         result = _run_folds(run_dir, base, num_folds, wanted, say, train_kwargs)
     except BaseException:
-        if resume is None and not any(fold_state(fold_dir(run_dir, f)) != "new" for f in range(num_folds)):
-            shutil.rmtree(run_dir, ignore_errors=True)  # a new run that trained nothing: leave no half-made folder
+        if folder is not None:
+            if any(fold_state(fold_dir(run_dir, f)) != "new" for f in range(num_folds)):
+                folder.commit()  # the new run has started: a run it replaced goes
+            else:
+                folder.abandon()  # trained nothing: no half-made folder; a replaced run is put back
         raise
+    if folder is not None:
+        folder.commit()
     missing = [f for f in range(num_folds) if fold_state(fold_dir(run_dir, f)) != "predicted"]
     if missing:
         say(f"cross-validation: fold(s) {', '.join(map(str, missing))} of {num_folds} not trained yet; "
@@ -124,7 +129,7 @@ def _run_folds(run_dir: Path, base: TrainConfig, num_folds: int, wanted: list[in
 
 
 # ---- the run folder ---------------------------------------------------------------------------
-def _new_run(config: TrainConfig, folds: Sequence[int] | None) -> tuple[Path, TrainConfig, int, list[int]]:
+def _new_run(config: TrainConfig, folds: Sequence[int] | None) -> tuple[Path, TrainConfig, int, list[int], Any]:
     """Check the data and the folds, then create the run folder with config.yaml, splits.json, cv.json."""
     from unetkit.data.splits import load_splits, make_kfold, save_splits
 
@@ -164,7 +169,7 @@ def _new_run(config: TrainConfig, folds: Sequence[int] | None) -> tuple[Path, Tr
     dist = DistContext()
     run_dir = Path(config.out_dir) / default_run_name(config)
     config.name = run_dir.name
-    prepare_run_dir(config, run_dir, False, dist)
+    folder = prepare_run_dir(config, run_dir, False, dist)  # unetkit.training.runfolder.RunFolder
     try:
         empty = run_dir / "checkpoints"  # the folds keep the checkpoints; the CV folder has none
         if empty.is_dir() and not any(empty.iterdir()):
@@ -181,9 +186,9 @@ def _new_run(config: TrainConfig, folds: Sequence[int] | None) -> tuple[Path, Tr
         write_json({"version": 1, "num_folds": num_folds, "folds": wanted, "source": source,
                     "checkpoint": CHECKPOINT}, run_dir / CV_MANIFEST)
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)  # holds nothing but what was just written
+        folder.abandon()  # holds nothing but what was just written; a replaced run is put back
         raise
-    return run_dir, config, num_folds, wanted
+    return run_dir, config, num_folds, wanted, folder
 
 
 def _open_run(run_dir: Path, folds: Sequence[int] | None) -> tuple[Path, TrainConfig, int, list[int]]:
