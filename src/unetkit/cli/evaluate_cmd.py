@@ -12,7 +12,8 @@ from unetkit.cli.common import non_negative, positive, probability, size_list, u
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
-        source: Path = typer.Argument(..., help="Model file, or a folder of predicted masks (e.g. a predict --out folder)."),
+        source: List[Path] = typer.Argument(..., help="Model file, several (an ensemble), a cross-validation run "
+                                            "folder, or a folder of predicted masks (e.g. a predict --out folder)."),
         data_dir: Path = typer.Argument(..., help="Labelled folder (images/ + masks/, or any layout data check knows)."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for per_image.csv, per_class.csv, summary.json, dice.png."),
         masks: Optional[Path] = typer.Option(None, "--masks", help="Masks folder (images in DATA_DIR)."),
@@ -30,6 +31,7 @@ def register(app: typer.Typer) -> None:
         roi: Optional[str] = typer.Option(None, "--roi", callback=size_list, metavar="N[,N..]",
                                            help="Window size when predicting: 256 or 256,256 (one per axis)."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation when predicting."),
+        no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the models' stored post-processing."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
@@ -38,12 +40,18 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             options = {"device": device, "tta": tta}
+            if no_postprocess:
+                options["postprocessing"] = []
             if roi:
                 options["roi_size"] = roi[0] if len(roi) == 1 else tuple(roi)
-            summary = evaluate_folder(source, data_dir, out, masks_dir=masks, num_classes=num_classes,
+            summary = evaluate_folder(source if len(source) > 1 else source[0], data_dir, out, masks_dir=masks, num_classes=num_classes,
                                       ignore_index=ignore_index, hd95=not no_hd95, objects=objects, split=split,
-                                      iou_threshold=iou, min_distance=min_distance, min_size=min_size, overwrite=overwrite,
-                                      predictor_options=options, progress=True)
+                                      iou_threshold=iou, min_distance=min_distance, min_size=min_size,
+                                      overwrite=overwrite, predictor_options=options, progress=True)
+        if summary.get("models", 1) > 1:
+            typer.echo(f"ensemble of {summary['models']} models (probabilities averaged)")
+        if summary.get("postprocessing_note"):
+            typer.echo(summary["postprocessing_note"])
         typer.echo(format_summary(summary))
         if "objects" in summary:
             o = summary["objects"]

@@ -1,4 +1,5 @@
-"""`unetkit predict`: a model file and images (files, folders, globs) -> masks, overlays, measurements."""
+"""`unetkit predict`: a model file (or an ensemble) and images (files, folders, globs) -> masks, overlays,
+measurements."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,16 @@ from typing import List, Optional
 
 import typer
 
-from unetkit.cli.common import size_list, user_errors
+from unetkit.cli.common import fail, size_list, user_errors
 
 
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        checkpoint: Path = typer.Argument(..., help="Model file (.safetensors) written by unetkit."),
-        inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+        checkpoint: Path = typer.Argument(..., help="Model file (.safetensors) written by unetkit, or a "
+                                          "cross-validation run folder (the ensemble of its folds)."),
+        inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns; more .safetensors "
+                                           "model files first make an ensemble (probabilities averaged)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks/, overlays/, ...)."),
         roi: Optional[str] = typer.Option(None, "--roi", callback=size_list, metavar="N[,N..]",
                                            help="Window size (one value, or one per axis): 256 or 256,256 (one per axis)."),
@@ -27,18 +30,32 @@ def register(app: typer.Typer) -> None:
         split: bool = typer.Option(False, "--split", help="Separate touching objects (watershed) when measuring."),
         min_size: int = typer.Option(0, "--min-size", help="Remove objects smaller than this (pixels/voxels)."),
         fill: bool = typer.Option(False, "--fill-holes", help="Fill holes inside objects."),
+        no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the post-processing stored "
+                                            "in the model file (chosen by cross-validation)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         skip_errors: bool = typer.Option(False, "--skip-errors", help="Report bad files and go on."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     ) -> None:
-        """Predict masks for images with a trained model file."""
+        """Predict masks for images with a trained model file, several (an ensemble), or a CV run folder."""
         from unetkit.inference.predictor import Predictor
 
         with user_errors():
             overrides = {} if threshold is None else {"threshold": threshold}
+            if no_postprocess:
+                overrides["postprocessing"] = []
             roi_size = (roi[0] if len(roi) == 1 else tuple(roi)) if roi else None
-            predictor = Predictor.from_checkpoint(checkpoint, device=device, roi_size=roi_size, overlap=overlap,
-                                                  tta=tta, batch_size=batch_size, **overrides)
+            models = [checkpoint, *(Path(i) for i in inputs if i.endswith(".safetensors"))]
+            inputs = [i for i in inputs if not i.endswith(".safetensors")]
+            if not inputs:
+                fail("no images given (only model files)")
+            predictor = Predictor.load(models, device=device, roi_size=roi_size, overlap=overlap,
+                                       tta=tta, batch_size=batch_size, **overrides)
+            if len(predictor.models) > 1:
+                typer.echo(f"ensemble of {len(predictor.models)} models (probabilities averaged)")
+            stated = "post-processing: off (--no-postprocess)" if no_postprocess else predictor.describe_postprocessing()
+            for line in [stated, *predictor.notes]:
+                if line:
+                    typer.echo(line)
             results = predictor.predict_paths(inputs, out, skip_errors=skip_errors, progress=True,
                                               save_probabilities=probabilities, overlay=not no_overlay,
                                               overwrite=overwrite, measure=measure, min_size=min_size,

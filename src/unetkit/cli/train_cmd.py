@@ -54,6 +54,10 @@ def register(app: typer.Typer) -> None:
         memory: Optional[str] = typer.Option(None, help="Planning: memory the run may use, e.g. 8G."),
         modality: Optional[str] = typer.Option(None, help="Planning: ct | mr | microscopy | rgb | other."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+        folds: Optional[int] = typer.Option(None, "--folds", help="Cross-validation: train K folds, each in "
+                                            "RUN/fold_<i>/, then score and ensemble them (data.num_folds)."),
+        fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this fold of a cross-validation "
+                                                 "run (repeatable; with --resume: add it to that run)."),
         set_: List[str] = typer.Option([], "--set", help="Any config field: section.field=value (repeatable)."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     ) -> None:
@@ -76,20 +80,30 @@ def register(app: typer.Typer) -> None:
                  "optim.name": optimizer, "schedule.name": schedule, "schedule.warmup_epochs": warmup,
                  "data.augmentation": augmentation, "out_dir": out_dir, "name": name, "seed": seed,
                  "device": device, "progress": progress, "overwrite": "true" if overwrite else None,
-                 "no_val": "true" if no_val else None}
+                 "no_val": "true" if no_val else None, "data.num_folds": folds}
         overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(set_)
+        from unetkit.training.cv import is_cv_run, train_folds
+
         with user_errors():
             if resume is not None:
-                if overrides or config is not None:
-                    fail("--resume continues a run with its own config.yaml; give no other options")
+                if overrides or config is not None or (fold and not is_cv_run(resume)):
+                    fail("--resume continues a run with its own config.yaml; give no other options "
+                         "(--fold N only to add a fold to a cross-validation run)")
+                if is_cv_run(resume):
+                    cv = train_folds(None, folds=fold or None, resume=resume)
+                    typer.echo(f"cross-validation run folder: {cv.run_dir}{'' if cv.complete else ' (not complete)'}")
+                    return
                 result = train(None, resume=resume)  # type: ignore[arg-type]
             else:
                 minutes = parse_budget(budget)
                 deadline = None if minutes is None else started + 60 * minutes
+                n_train = len(fold) if fold else (folds or 1)  # runs that share the budget
                 if images is not None and config is None and not no_plan:
                     from unetkit.planning import plan
+                    from unetkit.planning.planner import DEFAULT_BUDGET_MINUTES
 
-                    planned = plan(images, masks=masks, device=device or "auto", budget=budget, memory=memory,
+                    share = (minutes or DEFAULT_BUDGET_MINUTES) / n_train  # each fold planned for its share
+                    planned = plan(images, masks=masks, device=device or "auto", budget=share, memory=memory,
                                    modality=modality, spatial_dims=dims, started=started)
                     typer.echo(planned.table())
                     cfg = planned.config.with_overrides(overrides)
@@ -97,9 +111,13 @@ def register(app: typer.Typer) -> None:
                 else:
                     cfg = build_config(config, overrides)
                     if minutes is not None:
-                        cfg.max_minutes = minutes
+                        cfg.max_minutes = minutes / n_train
                 if print_config:
                     typer.echo(cfg.to_yaml())
+                    return
+                if folds is not None or fold:
+                    cv = train_folds(cfg, folds=fold or None)
+                    typer.echo(f"cross-validation run folder: {cv.run_dir}{'' if cv.complete else ' (not complete)'}")
                     return
                 result = train(cfg, deadline=deadline)
         if result.best_epoch == 0:

@@ -1,4 +1,5 @@
-"""`evaluate_folder`: score a model file (or masks already predicted) against a labelled folder.
+"""`evaluate_folder`: score a model file, an ensemble (several model files or a cross-validation
+run folder), or masks already predicted, against a labelled folder.
 
 Outputs in `out_dir`:
     per_image.csv   one row per image and class: dice, iou, precision, recall, hd95, pixel counts
@@ -40,7 +41,8 @@ from unetkit.metrics.aggregate import CONVENTION, aggregate_scores, nan_stats, p
 OUTPUTS = ("per_image.csv", "per_class.csv", "summary.json", "dice.png")
 
 
-def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def evaluate_folder(source: str | os.PathLike | Sequence[str | os.PathLike], data_dir: str | os.PathLike,
+                    out_dir: str | os.PathLike,
                     masks_dir: str | os.PathLike | None = None, num_classes: int | None = None,
                     class_names: Sequence[str] | None = None, ignore_index: int | None = None,
                     include_background: bool = False, hd95: bool = True, objects: bool = False,
@@ -50,8 +52,10 @@ def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_
     """Evaluate predictions of `source` on the labelled images of `data_dir`.
 
     Args:
-        source: a model file (images are predicted) or a folder of predicted masks named by image
-            stem (a `predict` output folder works: its `masks/` subfolder is used).
+        source: a model file (images are predicted), a list of model files or a cross-validation run
+            folder (an ensemble, `Predictor.load`), or a folder of predicted masks named by image
+            stem (a `predict` output folder works: its `masks/` subfolder is used). The models'
+            post-processing is applied (`predictor_options={"postprocessing": []}` turns it off).
         data_dir: images + masks, any layout `unetkit.data.folder.scan_folder` knows; `masks_dir`
             names the masks folder explicitly.
         num_classes: classes including background (default: from the model; for a predictions
@@ -73,8 +77,8 @@ def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_
     cases = scan_folder(data_dir, masks_dir).pairs
     if not cases:
         raise DataError(f"{data_dir}: no image with a matching mask")
-    predict, num_classes, binary, names = _prediction_source(source, cases, num_classes, class_names,
-                                                             predictor_options or {})
+    predict, num_classes, binary, names, described = _prediction_source(source, cases, num_classes, class_names,
+                                                                        predictor_options or {})
     classes = list(range(0 if include_background else 1, num_classes))
     rows: list[dict[str, Any]] = []
     object_rows: list[dict[str, Any]] = []
@@ -102,6 +106,7 @@ def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_
             object_rows.append({"image": case.name, **scores,
                                 "ground_truth": "instances" if true_instances is not None else "components"})
     summary = _summary(rows, object_rows, classes, names, source, data_dir, num_classes, iou_threshold)
+    summary.update(described)
     write_rows_csv(rows, out_dir / "per_image.csv", overwrite=overwrite)
     write_rows_csv(summary.pop("_class_rows"), out_dir / "per_class.csv", overwrite=overwrite)
     if objects:
@@ -138,12 +143,11 @@ def object_scores(pred: np.ndarray, true: np.ndarray | None = None, true_instanc
 
 def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int | None,
                        class_names: Sequence[str] | None, options: dict[str, Any]):
-    """(case -> predicted labels (*S), num_classes, binary, class names)."""
-    source = Path(source)
-    if source.is_file():
+    """(case -> predicted labels (*S), num_classes, binary, class names, what the model applies)."""
+    if isinstance(source, (list, tuple)) or Path(source).is_file() or _is_run_folder(Path(source)):
         from unetkit.inference.predictor import Predictor, read_input
 
-        predictor = Predictor.from_checkpoint(source, **options)
+        predictor = Predictor.load(source, **options)
         if predictor.mode == "multilabel":
             raise DataError(f"{source}: evaluate supports binary and multi-class models, not multilabel")
         binary = predictor.mode == "binary"
@@ -154,7 +158,10 @@ def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int 
             image = np.concatenate([read_input(p, predictor.spatial_dims)[0] for p in case.images])
             return predictor.predict_array(image, source=case.images[0]).labels[0]
 
-        return predict, k, binary, _names(names, k)
+        described = {"models": len(predictor.models), "postprocessing": predictor.postprocessing,
+                     "postprocessing_note": predictor.describe_postprocessing()}
+        return predict, k, binary, _names(names, k), described
+    source = Path(source)
     if not source.is_dir():
         raise DataError(f"{source}: neither a model file nor a folder of predicted masks")
     folder = source / "masks" if (source / "masks").is_dir() else source
@@ -174,7 +181,12 @@ def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int 
         pred = read_mask(found[case.name])
         return (pred > 0).astype(np.int64) if binary else pred.astype(np.int64)
 
-    return read_prediction, num_classes, binary, _names(list(class_names or []), num_classes)
+    return read_prediction, num_classes, binary, _names(list(class_names or []), num_classes), {}
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A training run folder (models inside), not a folder of predicted masks."""
+    return path.is_dir() and any((path / name).is_file() for name in ("ensemble.json", "cv.json", "last.safetensors"))
 
 
 def _names(names: list[str], num_classes: int) -> list[str]:
@@ -246,7 +258,8 @@ def _summary(rows: list[dict[str, Any]], object_rows: list[dict[str, Any]], clas
     fg = aggregate_scores(np.nan_to_num(dice_values[:, foreground]), present[:, foreground],
                           [names[classes[j]] for j in foreground])
     summary: dict[str, Any] = {
-        "source": str(source), "data_dir": str(data_dir), "images": len(images), "num_classes": num_classes,
+        "source": ", ".join(map(str, source)) if isinstance(source, (list, tuple)) else str(source),
+        "data_dir": str(data_dir), "images": len(images), "num_classes": num_classes,
         "mean_dice": fg["mean"],  # over foreground classes present somewhere, each over the images with it
         "mean_dice_over": {
             "classes": fg["classes"], "of_classes": len(foreground), "images": fg["images"],

@@ -2,7 +2,13 @@
 
 The model file alone defines the prediction: the architecture and weights, and in its `extra`
 metadata the preprocessing (`preprocess`), `mode` (binary / multiclass / multilabel), `threshold`,
-`class_names`, `patch_size` (default window), `in_channels` and `spacing`.
+`class_names`, `patch_size` (default window), `in_channels`, `spacing` and `postprocessing` (a plan
+chosen by cross-validation, see `unetkit.evaluation.postprocess`; applied to the labels).
+
+Ensembles: `Predictor.from_checkpoints([...])` or `Predictor.from_run(cv_run_dir)` average the
+probabilities of several models inside each sliding window (the same windows, blending and TTA as
+one model, so the result equals the mean of the models' probability maps). The models must agree
+on dims, classes, input channels, mode, preprocessing and padding.
 
 Outputs of `predict_file(path, out_dir)`, named by the input's stem:
     out_dir/masks/<stem><suffix>          labels, same format as the input (PNG for PNG/JPEG/BMP; TIFF;
@@ -34,6 +40,7 @@ from unetkit.inference.tta import tta_predict
 from unetkit.io.checkpoint import CheckpointError, load_model
 
 MODES = ("binary", "multiclass", "multilabel")
+ENSEMBLE_MANIFEST = "ensemble.json"  # written by unetkit.training.cv in a cross-validation run folder
 
 
 @dataclass
@@ -46,21 +53,28 @@ class Prediction:
 
 
 class Predictor:
-    """Sliding-window (overlap-tile for valid-padding models) prediction with optional TTA."""
+    """Sliding-window (overlap-tile for valid-padding models) prediction with optional TTA; `model`
+    may be a list of models (an ensemble: their probabilities are averaged)."""
 
-    def __init__(self, model: nn.Module, preprocess: dict[str, Any] | None = None, mode: str | None = None,
-                 threshold: float = 0.5, roi_size: int | Sequence[int] | None = None, overlap: float = 0.5,
-                 tta: bool = False, batch_size: int = 4, device: str | torch.device = "cpu",
+    def __init__(self, model: nn.Module | Sequence[nn.Module], preprocess: dict[str, Any] | None = None,
+                 mode: str | None = None, threshold: float = 0.5, roi_size: int | Sequence[int] | None = None,
+                 overlap: float = 0.5, tta: bool = False, batch_size: int = 4, device: str | torch.device = "cpu",
                  class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
                  in_channels: int | None = None, blend: str = "gaussian", padding_mode: str = "reflect",
-                 source: str = "model") -> None:
+                 source: str = "model", postprocessing: Sequence[dict[str, Any]] | None = None,
+                 postprocessing_source: str | None = None) -> None:
         from unetkit.devices import resolve_device
+        from unetkit.evaluation.postprocess import check_postprocessing
 
         check_options(overlap=overlap, batch_size=batch_size, threshold=threshold, roi_size=roi_size)
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.spatial_dims = int(getattr(model, "spatial_dims", 2))
-        self.num_classes = int(getattr(model, "num_classes", 1))
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not models:
+            raise ConfigError(f"{source}: an ensemble needs at least one model")
+        self.models = [m.to(self.device).eval() for m in models]
+        self.model = self.models[0]
+        self.spatial_dims = int(getattr(self.model, "spatial_dims", 2))
+        self.num_classes = int(getattr(self.model, "num_classes", 1))
         self.mode = mode or ("binary" if self.num_classes == 1 else "multiclass")
         if self.mode not in MODES:
             raise ConfigError(f"{source}: unknown mode {self.mode!r}; choose one of {MODES}")
@@ -68,14 +82,18 @@ class Predictor:
             raise ConfigError(f"{source}: mode 'binary' needs one output channel, the model has {self.num_classes}")
         self.preprocess = preprocess
         self.threshold = float(threshold)
-        self.in_channels = in_channels or getattr(model, "unetkit_config", {}).get("in_channels")
+        self.in_channels = in_channels or getattr(self.model, "unetkit_config", {}).get("in_channels")
         self.overlap, self.tta, self.batch_size = overlap, tta, batch_size
         self.blend, self.padding_mode = blend, padding_mode
         self.class_names = list(class_names) if class_names else None
         self.spacing = tuple(spacing) if spacing and len(spacing) == self.spatial_dims else None
         self.source = source
-        self.valid_mode = getattr(model, "padding", "same") == "valid" and hasattr(model, "output_size")
+        self.valid_mode = getattr(self.model, "padding", "same") == "valid" and hasattr(self.model, "output_size")
+        self.postprocessing = check_postprocessing(postprocessing or [], source)
+        self.postprocessing_chosen = postprocessing is not None  # a plan was given (an empty one included)
+        self.postprocessing_source = postprocessing_source or source
         self.roi_size = self._window(roi_size)
+        self.notes: list[str] = []  # things the caller should tell the user (e.g. ensemble caveats)
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -86,27 +104,104 @@ class Predictor:
 
         `overrides`: any `Predictor` argument (e.g. `threshold`, `mode`) replacing the file's value.
         """
-        from unetkit.devices import resolve_device
-
         check_options(overlap=overlap, batch_size=batch_size, roi_size=roi_size,
                       threshold=overrides.get("threshold"))  # before loading anything
-        device = str(resolve_device(device))
-        model = load_model(path, map_location=device)
-        meta = model.unetkit_meta
-        extra = meta.get("extra") or {}
-        in_channels = meta["config"].get("in_channels")
-        if extra.get("in_channels") not in (None, in_channels):
-            raise CheckpointError(f"{path}: metadata says in_channels={extra['in_channels']} but the "
-                                  f"'{meta['arch']}' model takes {in_channels}")
-        kwargs: dict[str, Any] = {
-            "preprocess": extra.get("preprocess"), "mode": extra.get("mode"),
-            "threshold": extra.get("threshold", 0.5), "class_names": extra.get("class_names"),
-            "spacing": extra.get("spacing"), "in_channels": in_channels,
-            "roi_size": roi_size or extra.get("patch_size"), "overlap": overlap, "tta": tta,
-            "batch_size": batch_size, "device": device, "source": str(path),
-        }
+        device = _resolve_device(device)
+        model, settings = _load_with_settings(path, device)
+        patch = settings.pop("patch_size")
+        kwargs: dict[str, Any] = {**settings, "roi_size": roi_size or patch, "overlap": overlap, "tta": tta,
+                                  "batch_size": batch_size, "device": device}
         kwargs.update(overrides)
         return cls(model, **kwargs)
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | os.PathLike], device: str = "auto",
+                         roi_size: int | Sequence[int] | None = None, overlap: float = 0.5, tta: bool = False,
+                         batch_size: int = 4, **overrides: Any) -> "Predictor":
+        """An ensemble of model files: their probabilities are averaged (one file: `from_checkpoint`).
+
+        The files must agree on dims, classes, input channels, mode, preprocessing and padding (a
+        `CheckpointError` names the files that differ). The window is the first file's patch size
+        unless `roi_size` is given; the post-processing is the files' plan when they all store the
+        same one (else none).
+        """
+        paths = [Path(p) for p in paths]
+        if len(paths) == 1:
+            return cls.from_checkpoint(paths[0], device, roi_size, overlap, tta, batch_size, **overrides)
+        if not paths:
+            raise ConfigError("an ensemble needs at least one model file")
+        check_options(overlap=overlap, batch_size=batch_size, roi_size=roi_size, threshold=overrides.get("threshold"))
+        device = _resolve_device(device)
+        loaded = [_load_with_settings(p, device) for p in paths]
+        _check_agreement(paths, loaded)
+        first = loaded[0][1]
+        plans = [s["postprocessing"] for _, s in loaded]
+        same_plan = all((p or []) == (plans[0] or []) for p in plans)
+        kwargs: dict[str, Any] = {
+            **{k: first[k] for k in ("preprocess", "mode", "threshold", "class_names", "spacing", "in_channels")},
+            "roi_size": roi_size or first["patch_size"], "overlap": overlap, "tta": tta, "batch_size": batch_size,
+            "device": device, "source": ", ".join(str(p) for p in paths),
+            "postprocessing": plans[0] if same_plan else None,
+            "postprocessing_source": f"{paths[0]} and the other {len(paths) - 1} model file(s)",
+        }
+        kwargs.update(overrides)
+        predictor = cls([m for m, _ in loaded], **kwargs)
+        if not same_plan and "postprocessing" not in overrides:
+            predictor.notes.append("the model files store different post-processing plans; none is applied")
+        return predictor
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, **options: Any) -> "Predictor":
+        """The ensemble of a cross-validation run folder (`unetkit train --folds K`): the fold models
+        and the post-processing listed in its `ensemble.json`. `options` as in `from_checkpoints`."""
+        import json
+
+        run_dir = Path(run_dir)
+        manifest_path = run_dir / ENSEMBLE_MANIFEST
+        if not manifest_path.is_file():
+            if (run_dir / "cv.json").is_file():  # unetkit.training.cv.CV_MANIFEST
+                raise ConfigError(f"{run_dir}: the cross-validation run is not complete (no {ENSEMBLE_MANIFEST}); "
+                                  f"finish it with `unetkit train --resume {run_dir}`, or name the fold model "
+                                  "files you want (e.g. fold_0/last.safetensors fold_1/last.safetensors)")
+            if (run_dir / "last.safetensors").is_file():
+                raise ConfigError(f"{run_dir}: a single run, not a cross-validation run; give its model file "
+                                  f"({run_dir / 'best.safetensors'} or last.safetensors)")
+            raise ConfigError(f"{run_dir}: not a cross-validation run folder (no {ENSEMBLE_MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            files = [run_dir / m for m in manifest["models"]]
+            plan = manifest.get("postprocessing", [])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{manifest_path}: not a unetkit ensemble manifest ({err})") from None
+        options.setdefault("postprocessing", plan)
+        options.setdefault("postprocessing_source", str(manifest_path))
+        if len(files) == 1:
+            return cls.from_checkpoint(files[0], **options)
+        return cls.from_checkpoints(files, **options)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | Sequence[str | os.PathLike], **options: Any) -> "Predictor":
+        """A model file, several model files (an ensemble), or a cross-validation run folder."""
+        if isinstance(source, (list, tuple)):
+            if len(source) == 1:
+                return cls.load(source[0], **options)
+            folders = [str(s) for s in source if Path(s).is_dir()]
+            if folders:
+                raise ConfigError(f"{folders[0]}: a run folder cannot be mixed with other models; "
+                                  "give one run folder, or model files only")
+            return cls.from_checkpoints(source, **options)
+        if Path(source).is_dir():
+            return cls.from_run(source, **options)
+        return cls.from_checkpoint(source, **options)
+
+    def describe_postprocessing(self) -> str | None:
+        """A sentence saying which post-processing is applied and where it came from (None when no
+        plan was given: the model files store none)."""
+        from unetkit.evaluation.postprocess import describe_postprocessing
+
+        if not self.postprocessing_chosen:
+            return None
+        return f"post-processing from {self.postprocessing_source}: {describe_postprocessing(self.postprocessing)}"
 
     def _window(self, roi_size: int | Sequence[int] | None) -> tuple[int, ...]:
         dims = self.spatial_dims
@@ -144,7 +239,15 @@ class Predictor:
             output_size_fn=self.model.output_size if self.valid_mode else None, device=self.device,
         )[0].numpy()
         probs = probs[(slice(None), *(slice(0, n) for n in size))]
-        return Prediction(probs, self.to_labels(probs))
+        return Prediction(probs, self.postprocess(self.to_labels(probs)))
+
+    def postprocess(self, labels: np.ndarray) -> np.ndarray:
+        """Apply the model's post-processing plan (class labels `(1, *S)`; multilabel: unchanged)."""
+        if not self.postprocessing or self.mode == "multilabel":
+            return labels
+        from unetkit.evaluation.postprocess import apply_postprocessing
+
+        return apply_postprocessing(labels[0], self.postprocessing)[None]
 
     def min_input_size(self) -> int:
         """The smallest side the network downsamples without running out of pixels (its total stride)."""
@@ -179,12 +282,17 @@ class Predictor:
                         f"{self.in_channels}{hint}")
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-            logits = self.model(x)
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
-        logits = logits.float()
-        return torch.softmax(logits, dim=1) if self.mode == "multiclass" else torch.sigmoid(logits)
+        """Probabilities of a batch of windows; an ensemble averages its models' probabilities."""
+        total = None
+        for model in self.models:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+                logits = model(x)
+            if isinstance(logits, (list, tuple)):
+                logits = logits[0]
+            logits = logits.float()
+            probs = torch.softmax(logits, dim=1) if self.mode == "multiclass" else torch.sigmoid(logits)
+            total = probs if total is None else total + probs
+        return total if len(self.models) == 1 else total / len(self.models)
 
     def _predict_windows(self, x: torch.Tensor) -> torch.Tensor:
         if not self.tta:
@@ -343,6 +451,47 @@ def check_options(overlap: float | None = None, batch_size: int | None = None, t
         sizes = [roi_size] if isinstance(roi_size, (int, np.integer)) else list(roi_size)
         if not sizes or any(int(r) < 1 for r in sizes):
             raise ConfigError(f"window size (--roi) must be positive, got {roi_size}")
+
+
+def _resolve_device(device: str) -> str:
+    from unetkit.devices import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _load_with_settings(path: str | os.PathLike, device: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A model file's model and the Predictor settings stored in its metadata."""
+    model = load_model(path, map_location=device)
+    meta = model.unetkit_meta
+    extra = meta.get("extra") or {}
+    in_channels = meta["config"].get("in_channels")
+    if extra.get("in_channels") not in (None, in_channels):
+        raise CheckpointError(f"{path}: metadata says in_channels={extra['in_channels']} but the "
+                              f"'{meta['arch']}' model takes {in_channels}")
+    settings = {"preprocess": extra.get("preprocess"), "mode": extra.get("mode"),
+                "threshold": extra.get("threshold", 0.5), "class_names": extra.get("class_names"),
+                "spacing": extra.get("spacing"), "in_channels": in_channels, "patch_size": extra.get("patch_size"),
+                "postprocessing": extra.get("postprocessing"), "source": str(path)}
+    return model, settings
+
+
+def _check_agreement(paths: Sequence[Path], loaded: Sequence[tuple[nn.Module, dict[str, Any]]]) -> None:
+    """Ensemble members must predict the same thing from the same input; name the files that differ."""
+    def facts(model: nn.Module, settings: dict[str, Any]) -> dict[str, Any]:
+        classes = int(getattr(model, "num_classes", 1))
+        return {"spatial_dims": int(getattr(model, "spatial_dims", 2)), "num_classes": classes,
+                "in_channels": settings["in_channels"],
+                "mode": settings["mode"] or ("binary" if classes == 1 else "multiclass"),
+                "preprocessing": settings["preprocess"], "padding": getattr(model, "padding", "same")}
+
+    first = facts(*loaded[0])
+    for path, item in zip(paths[1:], loaded[1:]):
+        other = facts(*item)
+        for key, value in first.items():
+            if other[key] != value:
+                raise CheckpointError(f"{path}: {key} is {other[key]!r} but {paths[0]} has {value!r}; "
+                                      "the models of an ensemble must agree on dims, classes, input channels, "
+                                      "mode, preprocessing and padding")
 
 
 def read_input(path: str | os.PathLike, spatial_dims: int) -> tuple[np.ndarray, VolumeMeta | None]:

@@ -118,3 +118,22 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model.to(map_location).eval()
     model.unetkit_meta = meta
     return model
+
+
+def update_extra(path: str | os.PathLike, updates: dict[str, Any]) -> Path:
+    """Merge `updates` into a model file's `extra` metadata; the weights are copied unchanged.
+
+    The file is rewritten atomically (a crash leaves the previous file intact).
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: weights cannot be read ({err})") from None
+    raw = {k: v for k, v in meta.items() if k not in ("config", "extra")}
+    raw["config"] = _json(meta["config"], f"config of '{meta.get('arch')}'")
+    raw["extra"] = _json({**meta["extra"], **updates}, "extra")
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file(state, str(tmp), metadata=raw)
+    return path
