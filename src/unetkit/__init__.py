@@ -8,5 +8,6 @@ except PackageNotFoundError:  # running from a source tree
 
 from unetkit.models import create_model, list_models, register_model  # noqa: E402
 from unetkit.io.checkpoint import load_model, save_model  # noqa: E402
+from unetkit import search  # noqa: E402  (a callable package: unetkit.search(...) runs a search)
 
-__all__ = ["__version__", "create_model", "list_models", "register_model", "load_model", "save_model"]
+__all__ = ["__version__", "create_model", "list_models", "register_model", "load_model", "save_model", "search"]
