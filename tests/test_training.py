@@ -131,7 +131,7 @@ def test_nan_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path) -> None
     cfg = tiny_config(tmp_path)
     train_set, val_set, _ = build_datasets(cfg, tmp_path / "run")
     trainer = Trainer(cfg, train_set, val_set, loss=NaNLoss())
-    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 2, batch 1 .*tile_"):
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 2, batch 1 .*dsb2018_nuclei@\d+,\d+"):
         trainer.fit()
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
@@ -143,8 +143,8 @@ def test_mask_class_beyond_num_classes_is_a_data_error(tmp_path) -> None:
 
     cfg = tiny_config(tmp_path)
     train_set, val_set, _ = build_datasets(cfg, tmp_path / "run")
-    train_set.mask = train_set.mask * 3  # ids 0 and 3 for a binary model
-    with pytest.raises(DataError, match=r"tile_\d+_\d+.*class id 3 .*num_classes=1"):
+    train_set.volume(0)["mask"] *= 3  # ids 0 and 3 for a binary model (the cached, preprocessed case)
+    with pytest.raises(DataError, match=r"dsb2018_nuclei@\d+,\d+.*class id 3 .*num_classes=1"):
         Trainer(cfg, train_set, val_set).fit()
 
 

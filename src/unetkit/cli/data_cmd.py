@@ -1,6 +1,7 @@
 """`unetkit check-data`, `unetkit datasets`, `unetkit write-dataset`: thin wrappers over unetkit.data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -30,11 +31,23 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             report = check_dataset(folder, masks_dir=masks, mask_suffix=mask_suffix, num_classes=num_classes,
                                    mask_kind=mask_kind, spatial_dims=dims, allow_empty=allow_empty)
+        fingerprint = None
+        if report.ok:  # the planning fingerprint (cached; `unetkit plan` reuses it)
+            from unetkit.planning import dataset_fingerprint
+
+            with user_errors():
+                fingerprint = dataset_fingerprint(folder, masks, mask_suffix, spatial_dims=dims,
+                                                  mask_kind=mask_kind, report=report)
         if as_json:
-            typer.echo(report.to_json())
+            payload = report.to_dict()
+            if fingerprint is not None:
+                payload["fingerprint"] = fingerprint.to_dict()
+            typer.echo(json.dumps(payload, indent=2))
         else:
             typer.echo(f"dataset: {folder}")
             typer.echo(report.format_stats())
+            if fingerprint is not None:
+                typer.echo(fingerprint.format())
         if not report.ok:
             if not as_json:
                 typer.echo("")

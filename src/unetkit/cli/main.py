@@ -15,6 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 COMMAND_MODULES = [
     "unetkit.cli.models_cmd",
     "unetkit.cli.data_cmd",
+    "unetkit.cli.plan_cmd",
     "unetkit.cli.train_cmd",
     "unetkit.cli.predict_cmd",
     "unetkit.cli.evaluate_cmd",

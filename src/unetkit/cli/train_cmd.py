@@ -44,12 +44,28 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="device: auto | cpu | cuda."),
         progress: Optional[str] = typer.Option(None, help="progress: bar | quiet | json."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+        budget: Optional[str] = typer.Option(None, help="Time for the whole run, validation included, e.g. 10m, "
+                                                        "90s, 1h (planned runs default to 10m)."),
+        no_val: bool = typer.Option(False, "--no-val", help="Train on every case without validation (keeps the "
+                                                            "last model; schedule/early stopping ignore validation)."),
+        no_plan: bool = typer.Option(False, "--no-plan", help="With --images: start from the built-in defaults "
+                                                              "instead of a plan for the data."),
+        memory: Optional[str] = typer.Option(None, help="Planning: memory the run may use, e.g. 8G."),
+        modality: Optional[str] = typer.Option(None, help="Planning: ct | mr | microscopy | rgb | other."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
         set_: List[str] = typer.Option([], "--set", help="Any config field: section.field=value (repeatable)."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     ) -> None:
-        """Train a model (one process, or many under `torchrun`)."""
+        """Train a model (one process, or many under `torchrun`).
+
+        With --images and no --config, the run is planned for the data, this device and --budget
+        (`unetkit plan`); every other flag or --set overrides one field of the plan."""
+        import time
+
+        from unetkit.planning import parse_budget
         from unetkit.training.run import train
+
+        started = time.monotonic()
 
         flags = {"data.images": images, "data.masks": masks, "data.dataset": dataset, "model.name": model,
                  "model.spatial_dims": dims, "model.in_channels": in_channels, "model.num_classes": num_classes,
@@ -58,7 +74,8 @@ def register(app: typer.Typer) -> None:
                  "data.patch_size": f"[{patch_size}]" if patch_size else None, "optim.lr": lr,
                  "optim.name": optimizer, "schedule.name": schedule, "schedule.warmup_epochs": warmup,
                  "data.augmentation": augmentation, "out_dir": out_dir, "name": name, "seed": seed,
-                 "device": device, "progress": progress, "overwrite": "true" if overwrite else None}
+                 "device": device, "progress": progress, "overwrite": "true" if overwrite else None,
+                 "no_val": "true" if no_val else None}
         overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(set_)
         with user_errors():
             if resume is not None:
@@ -66,12 +83,28 @@ def register(app: typer.Typer) -> None:
                     fail("--resume continues a run with its own config.yaml; give no other options")
                 result = train(None, resume=resume)  # type: ignore[arg-type]
             else:
-                cfg = build_config(config, overrides)
+                minutes = parse_budget(budget)
+                deadline = None if minutes is None else started + 60 * minutes
+                if images is not None and config is None and not no_plan:
+                    from unetkit.planning import plan
+
+                    planned = plan(images, masks=masks, device=device or "auto", budget=budget, memory=memory,
+                                   modality=modality, spatial_dims=dims, started=started)
+                    typer.echo(planned.table())
+                    cfg = planned.config.with_overrides(overrides)
+                    deadline = started + 60 * (cfg.max_minutes or planned.budget_minutes)
+                else:
+                    cfg = build_config(config, overrides)
+                    if minutes is not None:
+                        cfg.max_minutes = minutes
                 if print_config:
                     typer.echo(cfg.to_yaml())
                     return
-                result = train(cfg)
-        best = "n/a" if result.best_epoch == 0 else f"{result.best_value:.4f} at epoch {result.best_epoch}"
+                result = train(cfg, deadline=deadline)
+        if result.best_epoch == 0:
+            best = "n/a (no validation: last.safetensors is the model)"
+        else:
+            best = f"{result.best_value:.4f} at epoch {result.best_epoch} (best.safetensors)"
         typer.echo(f"run folder: {result.run_dir}  best: {best}")
 
     @app.command("demo")

@@ -39,13 +39,16 @@ class SegmentationDataset(Dataset):
     weight_map: a callable `(semantic (*S) int64, instances (*S) int32 | None) -> (*S) float32`
         (e.g. the U-Net 2015 border weights), computed once per image and augmented with the mask.
     cache: keep decoded, normalised arrays in memory after the first read.
+    regions: {case name: box} crops that case to the box `[(start, stop), ...]` after normalisation
+        (the held-out part of a region split, `unetkit.data.splits.region_split`).
     """
 
     def __init__(self, source: str | os.PathLike | FolderScan | Sequence[Any], *, names: Sequence[str] | None = None,
                  indices: Sequence[int] | None = None, transform: Callable | None = None,
                  normalize: dict[str, Any] | None = None, num_classes: int | None = None,
                  mask_kind: str = "auto", return_instances: bool = False, weight_map: WeightMap | None = None,
-                 spatial_dims: int | None = None, cache: bool = True, **scan_options: Any) -> None:
+                 spatial_dims: int | None = None, cache: bool = True,
+                 regions: dict[str, Sequence[Sequence[int]]] | None = None, **scan_options: Any) -> None:
         if mask_kind not in MASK_KINDS:
             raise ConfigError(f"mask_kind must be one of {', '.join(MASK_KINDS)}, got {mask_kind!r}")
         cases = _as_cases(source, scan_options)
@@ -68,6 +71,7 @@ class SegmentationDataset(Dataset):
         self.weight_map = weight_map
         self.spatial_dims = spatial_dims
         self.cache = cache
+        self.regions = dict(regions or {})
         self._cache: dict[int, dict[str, np.ndarray | None]] = {}
         self.mask_kind = mask_kind if mask_kind != "auto" else self._infer_kind()
 
@@ -94,6 +98,13 @@ class SegmentationDataset(Dataset):
         weight = None
         if self.weight_map is not None:
             weight = np.asarray(self.weight_map(semantic, instances), dtype=np.float32)[None]
+        if case.name in self.regions:  # normalised on the whole image, then cropped
+            from unetkit.data.patches import crop_box
+
+            box = crop_box(self.regions[case.name], semantic.shape, case.name)
+            image, semantic = image[(slice(None),) + box], semantic[box]
+            instances = instances[box] if instances is not None else None
+            weight = weight[(slice(None),) + box] if weight is not None else None
         arrays = {"image": image, "mask": semantic[None], "instances": instances, "weight": weight}
         if self.cache:
             self._cache[index] = arrays

@@ -86,3 +86,26 @@ def _unique(names: Sequence[str]) -> list[str]:
     if len(out) != len(names):
         raise DataError("case names must be unique")
     return out
+
+
+def region_split(shape: Sequence[int], val_fraction: float = 0.2) -> dict[str, Any]:
+    """Split ONE image or volume by region: the far `val_fraction` of its longest axis (the last
+    axis on ties) is held out for validation, the rest is for training.
+
+    Returns `{"axis": a, "train": box, "val": box}` with boxes `[[start, stop], ...]` per spatial
+    axis (half-open). A 2D image of width W is split at x = round(W * (1 - val_fraction)), as the demo
+    does. Used for single-image/volume folders and single-image sample datasets.
+    """
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"a single image or volume is split by region: val_fraction must be in (0, 1), "
+                          f"got {val_fraction}")
+    shape = [int(s) for s in shape]
+    axis = max(range(len(shape)), key=lambda a: (shape[a], a))
+    cut = int(round(shape[axis] * (1 - val_fraction)))
+    if not 0 < cut < shape[axis]:
+        raise DataError(f"an image of size {'x'.join(map(str, shape))} is too small to hold out "
+                        f"{val_fraction:.0%} of it for validation")
+    train = [[0, s] for s in shape]
+    val = [[0, s] for s in shape]
+    train[axis], val[axis] = [0, cut], [cut, shape[axis]]
+    return {"axis": axis, "train": train, "val": val}

@@ -88,8 +88,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     epochs: int = 50
     max_steps: Optional[int] = None  # stop after this many optimiser steps
-    max_minutes: Optional[float] = None  # stop (after the epoch) once this much time has passed
+    max_minutes: Optional[float] = None  # time budget of the whole run, validation included (--budget)
     val_every: int = 1
+    no_val: bool = False  # train on every case, no validation: keeps the last model only (--no-val)
     monitor: str = "dice"  # metric choosing the best checkpoint and early stopping ("loss" too)
     early_stop_patience: Optional[int] = 10  # validations without improvement; None: off
     grad_clip: Optional[float] = None

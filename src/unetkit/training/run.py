@@ -7,15 +7,18 @@
 Data sources (config.data):
 - a folder of images + masks (`images`, `masks`, `mask_suffix`): checked with check-data first
   (training refuses data with problems), split by `val_fraction` / `fold` / `split_file`, the split
-  recorded in the run's splits.json; 2D images are cropped to `patch_size` by the augmentation,
-  3D volumes sampled as patches with foreground oversampling;
+  recorded in the run's splits.json; 2D images and 3D volumes are sampled as patches with foreground
+  oversampling (`samples_per_epoch` patches an epoch);
+- a folder holding ONE image or volume, or a single-image sample dataset (dsb2018-nuclei): split
+  by region, the far `val_fraction` of its longest axis held out (`unetkit.data.splits.region_split`);
 - a sample dataset by name (`dataset`): written once as a folder inside the run directory, then as
-  above; a single-image dataset (dsb2018-nuclei) is split into a training region (random tiles)
-  and a held-out region on the right (`val_fraction` of the width).
+  above.
+An empty validation set is an error unless `no_val` (train on everything, keep the last model).
 """
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +29,23 @@ from torch.utils.data import Dataset
 from unetkit.errors import ConfigError
 from unetkit.training.config import TrainConfig
 from unetkit.training.distributed import DistContext
-from unetkit.training.trainer import FitResult, Trainer, default_run_name, prepare_run_dir
+from unetkit.training.trainer import (FitResult, Trainer, default_run_name, prepare_run_dir,
+                                      validation_metric_names)
 
 
 def train(config: TrainConfig | None, resume: str | Path | None = None, **trainer_kwargs: Any) -> FitResult:
-    """Build the datasets of `config` and train; `resume` continues the run in that folder."""
+    """Build the datasets of `config` and train; `resume` continues the run in that folder.
+
+    `config.max_minutes` bounds the whole call (data checks, training and validation): the Trainer
+    ends the run cleanly, keeping its best model, when the time is spent.
+    """
+    started = time.monotonic()
     if resume is not None:
         resume = Path(resume)
         config = TrainConfig.from_yaml(resume / "config.yaml")
     elif config is None:
         raise ConfigError("train() needs a config, or resume= a run folder")
+    check_monitor(config)  # before any folder is made or any epoch is run
     dist = DistContext.from_env("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if resume is not None:
         run_dir = resume
@@ -45,20 +55,36 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
     prepare_run_dir(config, run_dir, resume is not None, dist)
     try:
         train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None)
+        if config.max_minutes is not None and trainer_kwargs.get("deadline") is None:
+            trainer_kwargs["deadline"] = started + 60 * config.max_minutes
+        trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
+                          extra_meta=meta, infer=window_infer(config), run_dir_ready=True, **trainer_kwargs)
     except Exception:
         if resume is None and dist.is_main:  # the folder holds nothing but what we just wrote
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
-                      extra_meta=meta, infer=window_infer(config), run_dir_ready=True, **trainer_kwargs)
     try:
         return trainer.fit()
     finally:
         trainer.dist.close()
 
 
-def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -> tuple[Dataset, Dataset, dict]:
-    """(train set, validation set, metadata for the model file) for `config.data`."""
+def check_monitor(config: TrainConfig) -> None:
+    """The monitored metric must be one that validation will report (checked before any epoch)."""
+    if config.no_val:
+        return
+    available = validation_metric_names(config.model.num_classes)
+    if config.monitor not in available:
+        raise ConfigError(f"monitor '{config.monitor}' is not a validation metric; available: "
+                          f"{', '.join(sorted(available))}")
+
+
+def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -> tuple[Dataset, Dataset | None, dict]:
+    """(train set, validation set or None with `no_val`, metadata for the model file) for `config.data`.
+
+    A source with a single image or volume is split by region (`region_split`); an empty validation
+    set is a ConfigError unless `config.no_val`.
+    """
     data = config.data
     if data.dataset is not None:
         from unetkit.datasets import DATASETS, load_dataset, write_samples
@@ -71,8 +97,9 @@ def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -
         if len(supported) > 1:
             options.setdefault("dims", dims)
         sample = load_dataset(data.dataset, **options)
-        if len(sample) == 1 and dims == 2:
-            return single_image_split(config, sample[0])
+        if len(sample) == 1 and not config.no_val and data.val_fraction > 0:  # one image in memory: split by region, as a folder of one
+            only = sample[0]
+            return region_datasets(config, list(sample.samples), only.name, only.mask.shape[-dims:], meta={})
         folder = run_dir / "data"
         if not folder.exists():
             write_samples(sample, folder)  # the samples just generated, not a second generation
@@ -85,13 +112,11 @@ def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -
 
 
 def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_dir: Path,
-                    resuming: bool) -> tuple[Dataset, Dataset, dict]:
-    from unetkit.data.augment import build_augmentation
+                    resuming: bool) -> tuple[Dataset, Dataset | None, dict]:
     from unetkit.data.checks import check_dataset
     from unetkit.data.dataset import SegmentationDataset
     from unetkit.data.folder import scan_folder
     from unetkit.data.splits import get_fold, make_kfold, make_split, save_splits
-    from unetkit.data.volume import VolumeDataset
 
     data, dims = config.data, config.model.spatial_dims
     num_classes = max(2, config.model.num_classes)
@@ -100,69 +125,86 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
                            mask_kind=data.mask_kind, spatial_dims=dims, scan=scan)
     report.raise_if_problems()  # training refuses data with problems, with check-data's table
     names = [c.name for c in scan.pairs]
+    meta = {"dataset_stats": {k: report.stats.get(k) for k in ("intensity", "class_frequency", "spacing_median")
+                              if k in report.stats}}
     splits_path = run_dir / "splits.json"
     if resuming and splits_path.is_file():
         split = get_fold(splits_path, 0)
     elif data.split_file is not None:
         split = get_fold(data.split_file, data.fold or 0)
     elif data.fold is not None:
-        folds = make_kfold(names, data.num_folds, config.seed)
-        split = folds[data.fold]
+        split = make_kfold(names, data.num_folds, config.seed)[data.fold]
+    elif len(names) == 1 and not config.no_val and data.val_fraction > 0:
+        return region_datasets(config, scan, names[0], report.stats["size_min"], meta, splits_path, images)
     else:
-        split = make_split(names, data.val_fraction, config.seed)
+        split = make_split(names, 0.0 if config.no_val else data.val_fraction, config.seed)
+    if "regions" in split:  # a region split recorded in splits.json (resume, or a given split file)
+        return region_datasets(config, scan, split["train"][0], None, meta, None, images, split["regions"])
+    _check_validation(config, split, len(names))
     if not resuming:
         save_splits(splits_path, split, seed=config.seed, overwrite=True, source=str(images), fold=data.fold)
 
     common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": data.mask_kind}
+    transform = _augmentation(config)
     weight = _weight_map_fn(config)
-    aug_config = _with_crop(data.augmentation, data.patch_size) if dims == 2 else data.augmentation
-    transform = build_augmentation(aug_config, spatial_dims=dims, seed=config.seed)
-    if dims == 2:
-        train_set = SegmentationDataset(scan, names=split["train"], transform=transform, weight_map=weight,
-                                        spatial_dims=2, **common)
-    else:
-        train_set = VolumeDataset(scan, data.patch_size, names=split["train"], transform=transform,
-                                  foreground_fraction=data.oversample_foreground, length=data.samples_per_epoch,
-                                  seed=config.seed, **common)
-    val_set = SegmentationDataset(scan, names=split["val"], spatial_dims=dims, **common)
-    meta = {"dataset_stats": {k: report.stats.get(k) for k in ("intensity", "class_frequency", "spacing_median")
-                              if k in report.stats}}
+    # patches with foreground oversampling, 2D and 3D: an epoch is samples_per_epoch patches
+    train_set = _patches(config, scan, split["train"], transform, weight, **common)
+    val_set = SegmentationDataset(scan, names=split["val"], spatial_dims=dims, **common) if split["val"] else None
     return train_set, val_set, meta
 
 
-def single_image_split(config: TrainConfig, sample: Any) -> tuple[Dataset, Dataset, dict]:
-    """Random tiles from the left part of one image; the right `val_fraction` of its width held out."""
-    from unetkit.data.augment import build_augmentation
-    from unetkit.data.dataset import to_sample
-    from unetkit.data.normalize import normalize_image
-    from unetkit.data.tiles import RandomTileDataset
+def region_datasets(config: TrainConfig, source: Any, name: str, shape: Any, meta: dict,
+                    splits_path: Path | None = None, images: Path | None = None,
+                    regions: dict | None = None) -> tuple[Dataset, Dataset, dict]:
+    """One image or volume (a folder of one case, or a single-image sample dataset) split by region:
+    random patches from the training region, the held-out region (the far `val_fraction` of the
+    longest axis, see `unetkit.data.splits.region_split`) validated whole."""
+    from unetkit.data.patches import PatchDataset, WholeCases
+    from unetkit.data.splits import region_split, save_splits
 
     data = config.data
-    image = normalize_image(sample.image, data.normalize)
-    mask, instances = sample.mask, sample.instances
-    weight = None
-    if data.weight_map:
-        from unetkit.losses import separate_touching, unet_weight_map
-
-        separated = separate_touching(instances)
-        mask = (separated > 0).astype(np.int64)[None]
-        weight = unet_weight_map(separated, w0=data.weight_map_w0, sigma=data.weight_map_sigma)[None]
-    h, w = image.shape[-2:]
-    split_x = int(round(w * (1 - data.val_fraction)))
-    tile = tuple(int(p) for p in data.patch_size)
-    transform = build_augmentation(data.augmentation, spatial_dims=2, seed=config.seed)
-    length = data.samples_per_epoch or 16 * data.batch_size
-    train_set = RandomTileDataset(image, mask, tile, length, transform=transform, region=(0, h, 0, split_x),
-                                  weight=weight, seed=config.seed)
-    val_sample = to_sample(image[:, :, split_x:], sample.mask[:, :, split_x:], name=f"{sample.name}_heldout")
-    meta = {"split": {"train_region": [0, h, 0, split_x], "heldout_region": [0, h, split_x, w]}}
-    return train_set, _ListDataset([val_sample]), meta
+    if regions is None:
+        split = region_split(shape, data.val_fraction)
+        regions = {"train": {name: split["train"]}, "val": {name: split["val"]}}
+        if splits_path is not None:
+            save_splits(splits_path, {"train": [name], "val": [name], "regions": regions}, seed=config.seed,
+                        overwrite=True, source=str(images), kind_detail="region")
+    common = {"normalize": data.normalize, "num_classes": max(2, config.model.num_classes),
+              "mask_kind": data.mask_kind}
+    train_set = _patches(config, source, [name], _augmentation(config), _weight_map_fn(config),
+                         regions=regions["train"], **common)
+    val_set = WholeCases(PatchDataset(source, data.patch_size, names=[name], regions=regions["val"], length=1,
+                                      **common))
+    train_box, val_box = regions["train"][name], regions["val"][name]
+    meta = {**meta, "split": {"train_region": train_box, "heldout_region": val_box}}
+    return train_set, val_set, meta
 
 
-def _with_crop(augmentation: str | dict, patch_size: list) -> dict:
-    config = {"preset": augmentation} if isinstance(augmentation, str) else dict(augmentation)
-    config.setdefault("crop", {"size": list(patch_size)})
-    return config
+def _patches(config: TrainConfig, source: Any, names: list[str], transform: Any, weight: Any, **options: Any):
+    from unetkit.data.patches import PatchDataset
+
+    data = config.data
+    length = data.samples_per_epoch
+    if length is None:  # one patch per case (3D: four), at least one batch
+        length = max(data.batch_size, len(names) * (4 if config.model.spatial_dims == 3 else 1))
+    return PatchDataset(source, data.patch_size, names=names, transform=transform, weight_map=weight,
+                        foreground_fraction=data.oversample_foreground, length=length, seed=config.seed, **options)
+
+
+def _check_validation(config: TrainConfig, split: dict, cases: int) -> None:
+    if split["val"] or config.no_val:
+        return
+    raise ConfigError(
+        f"the validation set is empty ({cases} case(s), data.val_fraction={config.data.val_fraction}): nothing "
+        "would measure the model or choose the best one. Raise data.val_fraction, give a split file, or pass "
+        "--no-val (no_val: true) to train on every case without validation (the last model is kept; the "
+        "schedule and early stopping then do not use validation)")
+
+
+def _augmentation(config: TrainConfig):
+    from unetkit.data.augment import build_augmentation
+
+    return build_augmentation(config.data.augmentation, spatial_dims=config.model.spatial_dims, seed=config.seed)
 
 
 def _weight_map_fn(config: TrainConfig):
@@ -201,12 +243,18 @@ def window_infer(config: TrainConfig):
     return infer
 
 
-class _ListDataset(Dataset):
-    def __init__(self, items: list[dict]) -> None:
-        self.items = items
+def auto_train(data: str | Path, *, budget: str | float | None = None, overrides: list[str] | tuple = (),
+               echo: Any = print, started: float | None = None, **plan_options: Any) -> FitResult:
+    """Plan for the dataset folder `data` (`unetkit.planning.plan`), show the plan, apply `overrides`
+    (`section.field=value`, as `--set`), and train. The budget (default 10 minutes) bounds the whole
+    call, planning included; the run ends cleanly with its best model when it is spent."""
+    from unetkit.planning import parse_budget, plan
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.items[index]
+    started = time.monotonic() if started is None else started
+    result = plan(data, budget=budget, started=started, **plan_options)
+    echo(result.table())
+    config = result.config.with_overrides(list(overrides))
+    deadline = started + 60 * (config.max_minutes if config.max_minutes is not None else result.budget_minutes)
+    if parse_budget(budget) is None and config.max_minutes is None:
+        deadline = None
+    return train(config, deadline=deadline)

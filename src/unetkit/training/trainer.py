@@ -71,8 +71,12 @@ class Trainer:
         extra_meta: dict[str, Any] | None = None,
         infer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
         run_dir_ready: bool = False,
+        deadline: float | None = None,
     ) -> None:
+        """deadline: `time.monotonic()` by which the run must end (default: `config.max_minutes` after
+        `fit()` starts); training stops early enough to validate and save before it."""
         self.cfg = config
+        self.deadline = deadline
         device = torch.device(config.device) if config.device != "auto" else None
         self.dist = DistContext.from_env("cuda" if (device or _auto_device()).type == "cuda" else "cpu")
         self.device = self.dist.device(config.device)
@@ -100,7 +104,17 @@ class Trainer:
 
         self.loss_fn = loss if loss is not None else build_loss(config)
         self.train_loader = self._loader(train_set, train=True)
-        self.val_loader = self._loader(val_set, train=False) if val_set is not None else None
+        if val_set is not None and not config.no_val and len(val_set) == 0:
+            raise ConfigError("the validation set is empty: nothing would measure the model or choose the best "
+                              "one; give validation cases, or set no_val (--no-val) to train without validation")
+        self.val_loader = self._loader(val_set, train=False) if val_set is not None and not config.no_val else None
+        if self.val_loader is not None:
+            available = validation_metric_names(self.num_classes)
+            if config.monitor not in available:
+                raise ConfigError(f"monitor '{config.monitor}' is not a validation metric; available: "
+                                  f"{', '.join(sorted(available))}")
+        self._val_seconds = 0.0  # how long the last validation took (kept free at the end of a budget)
+        self._out_of_time = False
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         steps_per_epoch = math.ceil(len(self.train_loader) / config.accumulate)
         self.schedule = LRSchedule(self.optimizer, config.schedule, steps_per_epoch, config.epochs)
@@ -158,16 +172,23 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> FitResult:
         cfg = self.cfg
-        start = time.monotonic()
+        if self.deadline is None and cfg.max_minutes is not None:
+            self.deadline = time.monotonic() + 60 * cfg.max_minutes
         stopped_early = False
+        if self.val_loader is None and self.dist.is_main and cfg.progress != "quiet":
+            print("no validation: the last model is kept (last.safetensors); the schedule and early stopping "
+                  "do not use validation", flush=True)
         try:
             while self.epoch < cfg.epochs:
                 epoch = self.epoch + 1
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, epoch)
                 row = {"epoch": epoch, **self.train_epoch(epoch)}
-                if self.val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                if self.val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs
+                                                    or self._out_of_time):
+                    started = time.monotonic()
                     metrics = self.validate(epoch)
+                    self._val_seconds = time.monotonic() - started
                     row.update({f"val_{k}": v for k, v in metrics.items()})
                     stopped_early = self._track_best(epoch, metrics)
                 self.epoch = epoch
@@ -175,9 +196,8 @@ class Trainer:
                 self._end_epoch(row)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, row)
-                out_of_time = cfg.max_minutes is not None and (time.monotonic() - start) / 60 > cfg.max_minutes
                 out_of_steps = cfg.max_steps is not None and self.step >= cfg.max_steps
-                if stopped_early or out_of_time or out_of_steps:
+                if stopped_early or self._out_of_time or self._time_left(0.0) <= 0 or out_of_steps:
                     break
         finally:
             self.tb.close()
@@ -223,11 +243,14 @@ class Trainer:
                 cb.on_step_end(self, self.step, loss)
             if cfg.max_steps is not None and self.step >= cfg.max_steps:
                 break
+            if last_micro and self._time_left(self._val_seconds) <= 0:  # keep time to validate and save
+                self._out_of_time = True
+                break
             t0 = time.perf_counter()
         if bar is not None:
             bar.close()
         elapsed = data_time + compute_time
-        return {"train_loss": float(totals[0] / max(1.0, float(totals[1]))), "lr": lr_at_start,
+        return {"train_loss": float(totals[0] / totals[1]) if totals[1] > 0 else math.nan, "lr": lr_at_start,
                 "images_per_s": images_seen / max(1e-9, elapsed),
                 "data_wait_fraction": data_time / max(1e-9, elapsed), "steps": self.step}
 
@@ -299,7 +322,7 @@ class Trainer:
                 acc.merge(state)
         totals = self.dist.all_reduce_sum(torch.tensor([loss_sum, count], dtype=torch.float64))
         summary = acc.compute()
-        metrics = {"loss": float(totals[0] / max(1.0, float(totals[1])))}
+        metrics = {"loss": float(totals[0] / totals[1]) if totals[1] > 0 else math.nan}  # never a made-up 0.0
         metrics.update(_flatten_summary(summary))
         if self.dist.is_main and overlays:
             self._write_overlays(epoch, overlays)
@@ -331,7 +354,7 @@ class Trainer:
             ckpt = self.run_dir / "checkpoints"
             save_training_state(ckpt / "last.pt", state)
             save_model(self.model, self.run_dir / "last.safetensors", extra=self.model_meta(), overwrite=True)
-            if getattr(self, "_improved", False) or self.val_loader is None:
+            if getattr(self, "_improved", False):  # only a measured improvement makes a best model
                 save_training_state(ckpt / "best.pt", state)
                 save_model(self.model, self.run_dir / "best.safetensors", extra=self.model_meta(), overwrite=True)
             self._improved = False
@@ -379,11 +402,21 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         return {"run_dir": str(self.run_dir), "epochs": self.epoch, "steps": self.step,
                 "best_epoch": self.best_epoch, "monitor": self.cfg.monitor,
-                "best_value": self.best_value if self.cfg.monitor in HIGHER_IS_BETTER else -self.best_value,
+                "best_value": None if self.best_epoch == 0 else
+                self.best_value if self.cfg.monitor in HIGHER_IS_BETTER else -self.best_value,
+                "validation": self.val_loader is not None, "stopped_by_budget": self._out_of_time,
                 "stopped_early": stopped_early, "last": last, "world_size": self.dist.world_size,
                 "device": str(self.device)}
 
     # ---- output helpers ----------------------------------------------------------------------
+    def _time_left(self, reserve: float) -> float:
+        """Seconds left before the deadline once `reserve` seconds are kept back (inf without one).
+        The same answer on every process, so all stop at the same step."""
+        if self.deadline is None:
+            return math.inf
+        left = torch.tensor([self.deadline - time.monotonic() - reserve], dtype=torch.float64)
+        return float(self.dist.all_reduce_sum(left)) / self.dist.world_size  # the mean: one answer for all
+
     def _progress(self, total: int, desc: str):
         if self.cfg.progress != "bar" or not self.dist.is_main:
             return None
@@ -430,6 +463,16 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, dist: Dist
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         config.to_yaml(run_dir / "config.yaml")
     dist.barrier()
+
+
+def validation_metric_names(num_classes: int) -> set[str]:
+    """The names `Trainer.validate` reports: 'loss' and the entries of the metric summary."""
+    from unetkit.metrics import MetricAccumulator
+
+    acc = MetricAccumulator(num_classes=max(2, num_classes), include_background=False)
+    one = torch.zeros(1, 1, 2, 2, dtype=torch.long)
+    acc.update(one, one)
+    return {"loss", *_flatten_summary(acc.compute())}
 
 
 def build_loss(config: TrainConfig) -> nn.Module:

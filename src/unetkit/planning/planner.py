@@ -1,0 +1,472 @@
+"""The planner: from a dataset folder, a device and a time budget to a plain TrainConfig.
+
+    p = plan("data/", budget="10m")          # device="auto", memory=None, modality=None
+    print(p.table())                         # what was chosen, and why
+    p.save("plan.yaml")                      # a TrainConfig YAML the user can read and edit
+    unetkit.train(p.config)
+
+nnU-Net v2's rules are the baseline (experiment_planning/experiment_planners/default_experiment_planner.py):
+- target spacing: the median spacing; on an anisotropic axis (spacing > 3x the others and few
+  voxels along it) the 10th percentile;
+- normalisation by modality: CT is clipped to the foreground's 0.5-99.5 percentiles and z-scored
+  with the foreground's dataset mean/std; everything else is z-scored per image;
+- patch: a 256^3 (3D) / 2048^2 (2D) voxel budget shaped by the spacing, capped at the median shape;
+  pooling down to feature maps of at least 4 px; widths from 32, doubling, capped at 320 (3D) /
+  512 (2D); instance norm in 3D;
+- Dice + CE with deep supervision; 1/3 of patches centred on foreground; the default augmentation;
+- 2D or 3D from the data; an epoch is a fixed number of iterations.
+
+Beyond nnU-Net (which plans for an 8 GB GPU and a 1000-epoch run): the plan fits the device and the
+time budget. Candidates (patch scaled down from nnU-Net's, base width 32/16/8) are priced by their
+FLOPs; a few are timed for real on this device (`unetkit.planning.probe`), which calibrates the
+others. The chosen candidate maximises a utility that rewards context (patch), capacity (width)
+and the number of optimiser steps the budget allows (capped at 2000, below 400 steps a candidate
+is only taken when nothing faster exists). Iterations, epochs, validation frequency, learning rate
+and schedule follow from the chosen step time; early stopping is off (the budget ends the run).
+
+Limitations: the UNet pools every axis together, so on anisotropic volumes the depth is limited by
+the thinnest patch axis (nnU-Net would keep pooling in-plane); data are trained at their native
+spacing (the target spacing is reported, not applied).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from unetkit.errors import ConfigError
+from unetkit.planning.fingerprint import Fingerprint, dataset_fingerprint
+from unetkit.training.config import TrainConfig
+
+DEFAULT_BUDGET_MINUTES = 10.0
+MIN_STEPS = 400  # below this a candidate is taken only when nothing faster exists
+STEP_CAP = 2000  # more steps stop adding to the utility: spend the time on a larger model instead
+WIDTHS = (32, 16, 8)
+SCALES = (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125)
+MAX_DEPTH = {2: 7, 3: 6}
+WIDTH_CAP = {2: 512, 3: 320}
+
+
+@dataclass
+class Plan:
+    """A planned run: `config` (a TrainConfig), the fingerprint, and the reasons (what, value, why)."""
+
+    config: TrainConfig
+    fingerprint: Fingerprint
+    reasons: list[tuple[str, str, str]]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    device: str = "cpu"
+    seconds: float = 0.0  # time spent planning
+
+    def table(self) -> str:
+        """The plan as an aligned table: setting, value, why."""
+        w1 = max(len(r[0]) for r in self.reasons)
+        w2 = min(44, max(len(r[1]) for r in self.reasons))
+        lines = [f"plan for {self.fingerprint.root} ({self.device}, budget {_minutes(self.budget_minutes)}, "
+                 f"planned in {self.seconds:.0f} s)", f"{'setting':<{w1}}  {'value':<{w2}}  why",
+                 f"{'-' * w1}  {'-' * w2}  ---"]
+        lines += [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in self.reasons]
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the TrainConfig as YAML, the table as a comment on top (atomic; no silent overwrite)."""
+        from unetkit.io.atomic import atomic_path
+
+        path = Path(path)
+        header = "".join(f"# {line}\n" for line in self.table().splitlines())
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_text(header + self.config.to_yaml(), encoding="utf-8")
+        return path
+
+
+def parse_budget(budget: str | float | int | None) -> float | None:
+    """Minutes from '10m', '90s', '1.5h', '45' (minutes) or a number of minutes; None stays None."""
+    if budget is None:
+        return None
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        value = float(budget)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(budget).lower())
+        if not m:
+            raise ConfigError(f"budget '{budget}' must look like 10m, 90s, 1.5h or a number of minutes")
+        value = float(m.group(1)) * {"s": 1 / 60, "m": 1.0, "": 1.0, "h": 60.0}[m.group(2)]
+    if value <= 0:
+        raise ConfigError(f"budget must be positive, got {budget}")
+    return value
+
+
+def parse_memory(memory: str | int | None) -> int | None:
+    """Bytes from '8G', '512M', '16GB' or a number of bytes."""
+    if memory is None:
+        return None
+    if isinstance(memory, int):
+        return memory
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", str(memory).lower())
+    if not m:
+        raise ConfigError(f"memory '{memory}' must look like 8G, 512M or a number of bytes")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got '{device}'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but PyTorch sees no CUDA device")
+    return device
+
+
+def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mask_suffix: str | None = None,
+         device: str = "auto", budget: str | float | None = None, memory: str | int | None = None,
+         modality: str | None = None, spatial_dims: int | None = None, probe: bool = True,
+         started: float | None = None) -> Plan:
+    """Plan a training run for the dataset folder `data` (see the module docstring).
+
+    budget: the whole run's time (default 10 minutes); memory: the most the run may use (default:
+    80% of the GPU's memory, or 8 GB on the CPU); probe=False prices candidates by FLOPs only.
+    started: `time.monotonic()` at which the budget began (default: now).
+    """
+    started = time.monotonic() if started is None else started
+    dev = resolve_device(device)
+    minutes = parse_budget(budget) or DEFAULT_BUDGET_MINUTES
+    limit = parse_memory(memory) or _default_memory(dev)
+    t0 = time.monotonic()
+    fp = dataset_fingerprint(data, masks, mask_suffix, modality=modality, spatial_dims=spatial_dims)
+    read_seconds = max(time.monotonic() - t0, float(fp.extra.get("seconds", 0.0)))
+    reasons: list[tuple[str, str, str]] = []
+    add = lambda what, value, why: reasons.append((what, str(value), why))  # noqa: E731
+
+    dims, channels = fp.spatial_dims, fp.channels
+    num_classes = 1 if fp.num_classes <= 2 else fp.num_classes
+    add("data", f"{fp.num_cases} case(s), {dims}D, {channels} ch, {'/'.join(fp.dtypes)}",
+        f"fingerprint; modality {fp.modality} ({fp.modality_source})")
+    add("dimensions", f"{dims}D", "the data are " + ("volumes" if dims == 3 else "images"))
+    add("in_channels", channels, f"the images have {channels} channel(s)")
+    add("num_classes", f"{num_classes} ({'binary, sigmoid' if num_classes == 1 else 'softmax'})",
+        f"mask labels: {fp.num_classes} classes incl. background ({fp.mask_kind})")
+    spacing = target_spacing(fp)
+    if dims == 3:
+        add("target spacing", _fmt(spacing), "nnU-Net: median (10th percentile on a thick anisotropic axis); "
+            "not applied: trained at native spacing")
+    normalize, why = normalization(fp)
+    add("normalisation", normalize["mode"], why)
+
+    single = fp.num_cases == 1
+    extent = [float(s) for s in fp.shape_median]
+    val_fraction = 0.2
+    if single:  # the training region of a region split
+        axis = max(range(dims), key=lambda a: (extent[a], a))
+        extent[axis] *= 1 - val_fraction
+    base = nnunet_patch(extent, spacing if dims == 3 else [1.0] * dims, dims)
+    candidates = make_candidates(base, dims, channels, num_classes, fp, limit, spacing)
+    if not candidates:
+        raise ConfigError(f"no candidate configuration fits in {limit / 2**30:.1f} GB of memory; raise --memory")
+
+    budget_s = 60 * minutes
+    reserve = max(10.0, 0.08 * budget_s) + 1.5 * read_seconds  # data read/checked again by training, start-up
+    val_voxels = _validation_voxels(fp, val_fraction)
+    workers = _workers(dev)
+    _price(candidates, dev, probe, budget_s, dims, channels)
+    spent = time.monotonic() - started
+    train_s = budget_s - spent - reserve
+    if train_s <= 0:
+        raise ConfigError(f"the budget ({_minutes(minutes)}) is spent before training starts (planning and data "
+                          f"reading take about {spent + reserve:.0f} s); give a larger --budget")
+    for c in candidates:
+        _schedule(c, train_s, val_voxels, fp, workers, dev, _augment_per_voxel(candidates))
+    chosen = choose(candidates)
+    if probe and not chosen.get("measured") and 3 * chosen["compute_s"] < max(5.0, 0.03 * budget_s):
+        # check the prediction on the chosen one, once, when that is cheap
+        measured = _time(chosen, dev, dims, channels)
+        ratio = measured / max(chosen["compute_s"], 1e-9)
+        for c in candidates:
+            c["rate"] /= ratio
+            c["compute_s"] *= ratio if not c.get("measured") else 1.0
+        chosen["compute_s"], chosen["measured"] = measured, True
+        for c in candidates:
+            _schedule(c, train_s, val_voxels, fp, workers, dev, _augment_per_voxel(candidates))
+        chosen = choose(candidates)
+
+    base_features = WIDTHS[0]
+    nn_c = next((c for c in candidates if c["scale"] == 1.0 and c["features"][0] == base_features), None)
+    patch = chosen["patch"]
+    add("patch", "x".join(map(str, patch)),
+        f"nnU-Net's would be {'x'.join(map(str, base))}; "
+        f"{'the same' if chosen['scale'] == 1.0 else 'scaled down'}: best context x capacity x steps in the budget")
+    add("network", f"unet, widths {chosen['features']}", f"base width {chosen['features'][0]} "
+        f"(nnU-Net: 32, capped at {WIDTH_CAP[dims]}); depth {len(chosen['features'])}: pooled to >= 4 px "
+        "on the thinnest patch axis")
+    add("norm", chosen["norm"], "instance norm in 3D and for small batches (nnU-Net); batch norm for 2D batches >= 4")
+    add("batch", chosen["batch"], "3D: 2 (nnU-Net); 2D: 8, 4 for large patches, at most 5% of the data per step")
+    timing = "measured" if chosen.get("measured") else "predicted from FLOPs"
+    add("step time", f"{chosen['step_s']:.3g} s", f"{timing} on {dev}"
+        + (f" (compute {chosen['compute_s']:.3g} s + augmentation)" if chosen["step_s"] > chosen["compute_s"] else "")
+        + f"; {sum(1 for c in candidates if c.get('measured'))} of {len(candidates)} candidates timed")
+    if nn_c is not None and nn_c is not chosen:
+        add("nnU-Net baseline", f"{nn_c['steps']} steps", f"nnU-Net's patch at width 32 would take "
+            f"{nn_c['step_s']:.3g} s/step: too few steps for {_minutes(minutes)}" if nn_c["steps"] < MIN_STEPS
+            else f"nnU-Net's patch at width 32: {nn_c['step_s']:.3g} s/step, lower utility here")
+    epochs, steps_per_epoch, val_every = chosen["epochs"], chosen["steps_per_epoch"], chosen["val_every"]
+    add("iterations", f"{epochs} epochs x {steps_per_epoch} steps",
+        f"{train_s:.0f} s for training in the budget, validation {chosen['val_s']:.1f} s each, "
+        f"every {val_every} epoch(s)")
+    total = epochs * steps_per_epoch
+    if total >= 5000:
+        optim = {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5}
+        schedule = {"name": "poly", "power": 0.9, "warmup_epochs": 0.0}
+        add("optimiser", "SGD lr 0.01, momentum 0.99, poly 0.9", "nnU-Net's, for long runs (>= 5000 steps)")
+    else:
+        lr = 3e-3 if total < 1500 else 2e-3
+        warmup = round(max(0.05 * epochs, min(0.5, epochs / 10)), 3)
+        optim = {"name": "adamw", "lr": lr, "weight_decay": 1e-4}
+        schedule = {"name": "cosine", "warmup_epochs": warmup}
+        add("optimiser", f"AdamW lr {lr:g}, cosine, warm-up {warmup:g} epoch(s)",
+            f"{total} steps: a short run converges faster with Adam and a larger rate, decayed to 0 by the end")
+    add("loss", "Dice + CE, deep supervision", "nnU-Net")
+    add("sampling", f"{steps_per_epoch * chosen['batch']} patches/epoch, 1/3 on foreground",
+        "nnU-Net: an epoch is a fixed number of iterations; foreground oversampling")
+    add("validation", "region split (far 20% of the longest axis)" if single else "20% of the cases",
+        "a single image or volume is split by region" if single else "seeded split, recorded in splits.json")
+    add("early stopping", "off", "the budget and the schedule end the run; best model by validation Dice")
+
+    cfg = TrainConfig()
+    cfg.model.name, cfg.model.spatial_dims = "unet", dims
+    cfg.model.in_channels, cfg.model.num_classes = channels, num_classes
+    cfg.model.kwargs = {"features": list(chosen["features"]), "norm": chosen["norm"], "deep_supervision": True}
+    d = cfg.data
+    d.images = str(Path(data).resolve())
+    d.masks = str(Path(masks).resolve()) if masks is not None else None
+    d.mask_suffix = mask_suffix or ""
+    d.mask_kind = fp.mask_kind
+    d.val_fraction = val_fraction
+    d.patch_size = list(patch)
+    d.batch_size = chosen["batch"]
+    d.samples_per_epoch = steps_per_epoch * chosen["batch"]
+    d.oversample_foreground = 0.33
+    d.normalize = normalize
+    d.augmentation = "default"
+    cfg.optim = type(cfg.optim)(**{**cfg.optim.__dict__, **optim})
+    cfg.schedule = type(cfg.schedule)(**{**cfg.schedule.__dict__, **schedule})
+    cfg.loss.name = "combo"
+    cfg.epochs, cfg.val_every, cfg.early_stop_patience = epochs, val_every, None
+    cfg.monitor = "dice"
+    cfg.max_minutes = round(minutes, 4)
+    cfg.device = dev
+    result = Plan(cfg, fp, reasons, candidates, minutes, dev, seconds=time.monotonic() - started)
+    return result
+
+
+# ---- nnU-Net's rules ---------------------------------------------------------------------------
+def target_spacing(fp: Fingerprint) -> list[float]:
+    """nnU-Net: the median spacing; the 10th percentile on an anisotropic axis with few voxels."""
+    spacings = np.array([c["spacing"] for c in fp.cases], dtype=np.float64)
+    shapes = np.array([c["shape"] for c in fp.cases], dtype=np.float64)
+    target = np.median(spacings, axis=0)
+    if fp.spatial_dims == 3:
+        worst = int(np.argmax(target))
+        other = [i for i in range(3) if i != worst]
+        shape_in_target = np.median(shapes * spacings / target, axis=0)
+        if target[worst] > 3 * target[other].min() and shape_in_target[worst] * 3 < shape_in_target[other].min():
+            t = float(np.percentile(spacings[:, worst], 10))
+            if t < target[other].max():
+                t = max(float(target[other].max()), t) + 1e-5
+            target[worst] = t
+    return [float(v) for v in target]
+
+
+def normalization(fp: Fingerprint) -> tuple[dict[str, Any], str]:
+    """nnU-Net's scheme by modality: CT -> foreground-clipped dataset z-score, else per-image z-score."""
+    if fp.modality == "ct":
+        fg = fp.intensity_foreground
+        if fg.get("mean"):
+            return ({"mode": "dataset", "mean": [float(v) for v in fg["mean"]], "std": [float(v) for v in fg["std"]],
+                     "clip": [[float(lo), float(hi)] for lo, hi in zip(fg["p0.5"], fg["p99.5"])]},
+                    "CT: clip to the foreground 0.5-99.5 percentiles, z-score with foreground mean/std")
+    return {"mode": "zscore"}, f"modality {fp.modality}: z-score per image and channel (nnU-Net's default)"
+
+
+def nnunet_patch(extent: Sequence[float], spacing: Sequence[float], dims: int) -> list[int]:
+    """nnU-Net's starting patch: a 256^3 / 2048^2 voxel budget shaped by 1/spacing, capped at the
+    median shape, then made divisible by its pooling."""
+    tmp = 1.0 / np.asarray(spacing, dtype=np.float64)
+    total = 256.0**3 if dims == 3 else 2048.0**2
+    initial = tmp * (total / np.prod(tmp)) ** (1 / dims)
+    patch = [max(8, int(min(i, e))) for i, e in zip(initial, extent)]
+    return _divisible(patch, dims)[0]
+
+
+def pools_for(patch: Sequence[int], dims: int) -> int:
+    """Poolings of an isotropic-pooling UNet so every axis keeps >= 4 px (at most MAX_DEPTH - 1)."""
+    return max(1, min(min(int(math.floor(math.log2(max(p, 4) / 4))) for p in patch), MAX_DEPTH[dims] - 1))
+
+
+def _divisible(patch: Sequence[int], dims: int) -> tuple[list[int], int]:
+    pools = pools_for(patch, dims)
+    step = 2**pools
+    return [max(step, (int(p) // step) * step) for p in patch], pools
+
+
+# ---- candidates ------------------------------------------------------------------------------
+def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: int, fp: Fingerprint,
+                    memory: int, spacing: Sequence[float]) -> list[dict[str, Any]]:
+    from unetkit.models.summary import model_flops
+
+    total_voxels = sum(int(np.prod(c["shape"])) for c in fp.cases)
+    seen: set[tuple] = set()
+    out = []
+    floor = [min(b, 32 if dims == 2 else 16) for b in base]  # smaller patches see too little context
+    for scale in SCALES:
+        patch = _shrink(base, scale, spacing if dims == 3 else [1.0] * dims, floor)
+        patch, pools = _divisible(patch, dims)
+        vox = int(np.prod(patch))
+        if dims == 3:
+            batch = 2
+        else:
+            batch = 8 if vox <= 256 * 256 else 4
+            batch = int(max(2, min(batch, 0.05 * total_voxels // vox if fp.num_cases > 1 else batch)))
+        for width in WIDTHS:
+            features = [min(width * 2**i, WIDTH_CAP[dims]) for i in range(pools + 1)]
+            key = (tuple(patch), tuple(features), batch)
+            if key in seen:
+                continue
+            seen.add(key)
+            norm = "instance" if dims == 3 or batch < 4 else "batch"
+            _, flops = model_flops("unet", (batch, channels, *patch), spatial_dims=dims, in_channels=channels,
+                                   num_classes=num_classes, features=features, norm=norm, deep_supervision=True)
+            activation_bytes = 4 * batch * vox * sum(f * 2.0 ** (-dims * i) for i, f in enumerate(features)) * 14
+            if activation_bytes > memory:
+                continue
+            out.append({"patch": patch, "features": features, "batch": batch, "norm": norm, "scale": scale,
+                        "num_classes": num_classes,
+                        "flops": 3 * flops, "memory": activation_bytes})
+    return out
+
+
+def _shrink(base: Sequence[int], scale: float, spacing: Sequence[float], floor: Sequence[int]) -> list[int]:
+    """Shrink the patch to scale^dims of its voxels, the physically longest axis first (nnU-Net's
+    way), no axis below `floor`."""
+    patch = [float(p) for p in base]
+    target = np.prod(base) * scale ** len(base)
+    while np.prod(patch) > target * 1.0001:
+        extents = [p * s if p > f else -1.0 for p, s, f in zip(patch, spacing, floor)]
+        axis = int(np.argmax(extents))
+        if extents[axis] < 0:
+            break
+        patch[axis] = max(float(floor[axis]), patch[axis] * 0.9)
+    return [int(round(p)) for p in patch]
+
+
+def _price(candidates: list[dict[str, Any]], device: str, probe: bool, budget_s: float, dims: int,
+           channels: int) -> None:
+    """compute_s per candidate. The cheapest is timed on the device; when the probing allowance
+    (4% of the budget, 5-60 s) leaves room, a ~6x dearer one too. The others are predicted as
+    overhead + FLOPs / rate fitted to the timed ones. Without probing a nominal rate is assumed."""
+    flops = np.array([c["flops"] for c in candidates], dtype=np.float64)
+    order = [int(i) for i in np.argsort(flops)]
+    rate, overhead = (5e12 if device.startswith("cuda") else 5e10), 0.01
+    if probe:
+        allowance = float(np.clip(0.04 * budget_s, 5.0, 60.0))
+        started = time.monotonic()
+        points = []
+        for c in [candidates[order[0]]] + [candidates[i] for i in order if flops[i] >= 4 * flops[order[0]]][:1]:
+            if points and time.monotonic() - started + 3 * points[0][1] * c["flops"] / points[0][0] > allowance:
+                break  # the dearer probe would not fit in the allowance
+            c["compute_s"] = _time(c, device, dims, channels, max_seconds=allowance / 2)
+            c["measured"] = True
+            points.append((c["flops"], c["compute_s"]))
+        if len(points) == 2 and points[1][1] > points[0][1]:
+            rate = (points[1][0] - points[0][0]) / (points[1][1] - points[0][1])
+            overhead = max(0.0, points[0][1] - points[0][0] / rate)
+        else:  # one point: assume half of it is per-step overhead (loss, optimiser, Python)
+            overhead = 0.5 * points[0][1]
+            rate = points[0][0] / max(points[0][1] - overhead, 1e-6)
+    for c in candidates:
+        c["rate"], c["overhead"] = rate, overhead
+        if not c.get("measured"):
+            c["compute_s"] = overhead + c["flops"] / rate
+
+
+def _time(c: dict[str, Any], device: str, dims: int, channels: int, max_seconds: float = 20.0) -> float:
+    from unetkit.planning.probe import time_augmentation, time_step
+
+    seconds = time_step(dims, channels, c["num_classes"], c["features"], c["patch"], c["batch"], device=device,
+                        norm=c["norm"], steps=2, max_seconds=max_seconds)
+    c["probe_s"] = seconds
+    c["augment_s"] = time_augmentation("default", dims, channels, c["patch"], repeats=2)
+    return seconds
+
+
+def _augment_per_voxel(candidates: list[dict[str, Any]]) -> float:
+    """Seconds of augmentation per voxel, from the timed candidates (2 us without any)."""
+    rates = [c["augment_s"] / float(np.prod(c["patch"])) for c in candidates if c.get("augment_s") is not None]
+    return float(np.median(rates)) if rates else 2e-6
+
+
+def _schedule(c: dict[str, Any], train_s: float, val_voxels: float, fp: Fingerprint, workers: int,
+              device: str, augment_per_voxel: float) -> None:
+    """Step time with data loading, validation cost, and the epochs/steps that fit in `train_s`."""
+    vox = float(np.prod(c["patch"]))
+    augment = c.get("augment_s", augment_per_voxel * vox)
+    data_s = c["batch"] * augment
+    if device.startswith("cuda"):
+        c["step_s"] = max(c["compute_s"], data_s / max(1, workers))
+    else:  # the loader's workers share the CPU cores with the model
+        c["step_s"] = c["compute_s"] + data_s / (workers + 1)
+    forward_per_voxel = c["flops"] / 3 / (c["batch"] * vox) / c["rate"]  # (sliding windows overlap: x2)
+    c["val_s"] = 2.0 * val_voxels * forward_per_voxel + c["overhead"] * max(1, round(0.2 * fp.num_cases))
+    steps = train_s / c["step_s"]
+    epochs = int(np.clip(steps // 100, min(4, max(1, int(steps))), 20))
+    validations = int(np.clip(0.15 * train_s // max(c["val_s"], 1e-6), 1, epochs))
+    val_every = int(math.ceil(epochs / validations))
+    spent_on_val = math.ceil(epochs / val_every) * c["val_s"]
+    steps = max(0.0, (train_s - spent_on_val) / c["step_s"])
+    c["epochs"], c["val_every"], c["steps_possible"] = epochs, val_every, steps
+    c["steps_per_epoch"] = max(1, int(steps // epochs))
+    c["steps"] = c["steps_per_epoch"] * epochs
+
+
+def utility(c: dict[str, Any]) -> float:
+    """Context (patch voxels x batch) counts half, capacity (base width) and steps (up to STEP_CAP) fully."""
+    return (0.5 * math.log2(float(np.prod(c["patch"])) * c["batch"]) + math.log2(c["features"][0])
+            + math.log2(max(1, min(c["steps"], STEP_CAP))))
+
+
+def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    enough = [c for c in candidates if c["steps"] >= MIN_STEPS]
+    if not enough:  # a slow device or a short budget: the most steps
+        return max(candidates, key=lambda c: c["steps_possible"])
+    return max(enough, key=utility)
+
+
+def _validation_voxels(fp: Fingerprint, fraction: float) -> float:
+    total = sum(float(np.prod(c["shape"])) for c in fp.cases)
+    return fraction * total
+
+
+def _workers(device: str) -> int:
+    from unetkit.data.loader import auto_workers
+
+    return auto_workers()
+
+
+def _default_memory(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(0.8 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return 8 * 2**30
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def _minutes(minutes: float) -> str:
+    return f"{minutes:g} min" if minutes >= 1 else f"{minutes * 60:.0f} s"

@@ -1,0 +1,91 @@
+"""Step-timing probe: how long one training step of a candidate configuration takes on this device.
+
+`time_step(candidate, ...)` builds the candidate's model, loss and optimiser exactly as the Trainer
+does (channels-last for 2D, AMP on CUDA), runs one warm-up step and then a few timed steps on random
+data, and returns seconds per optimiser step. `time_augmentation` measures the data side: one
+augmented patch. Both are cheap on small candidates; the planner times only a few candidates and
+predicts the others from their FLOPs (`unetkit.models.summary.model_flops`).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+
+def time_step(spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int], patch: Sequence[int],
+              batch: int, device: str = "cpu", norm: str = "batch", deep_supervision: bool = True,
+              steps: int = 2, max_seconds: float = 20.0) -> float:
+    """Seconds per training step (forward, backward, optimiser) of a UNet candidate on `device`."""
+    from unetkit.losses import DeepSupervisionLoss, create_loss
+    from unetkit.models import create_model
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = create_model("unet", spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
+                         features=list(features), norm=norm, deep_supervision=deep_supervision).to(dev)
+    channels_last = spatial_dims == 2
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = create_loss("combo")
+    if deep_supervision:
+        loss_fn = DeepSupervisionLoss(loss_fn)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, in_channels, *patch, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, *patch, device=dev) > 0.7).long()
+    if num_classes > 1:
+        y = torch.randint(0, num_classes, (batch, 1, *patch), device=dev)
+    amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp)
+
+    def step() -> None:
+        with torch.autocast(dev.type, enabled=amp):
+            loss = loss_fn(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    step()  # warm-up: allocations, kernel selection
+    _sync(dev)
+    times = []
+    begin = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - begin > max_seconds:
+            break
+    return float(np.median(times))
+
+
+def time_augmentation(augmentation: str | dict, spatial_dims: int, in_channels: int, patch: Sequence[int],
+                      repeats: int = 3) -> float:
+    """Seconds to augment one patch (the data loader's per-sample work besides reading)."""
+    from unetkit.data.augment import build_augmentation
+
+    aug = build_augmentation(augmentation, spatial_dims=spatial_dims, seed=0)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(in_channels, *patch)).astype(np.float32)
+    mask = (rng.random((1, *patch)) > 0.7).astype(np.int64)
+    aug(image, mask)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        aug(image, mask)
+    return (time.perf_counter() - t0) / repeats
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe(candidate: dict[str, Any]) -> str:
+    patch = "x".join(str(p) for p in candidate["patch"])
+    return f"patch {patch}, batch {candidate['batch']}, widths {candidate['features'][0]}..{candidate['features'][-1]}"

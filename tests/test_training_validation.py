@@ -1,0 +1,119 @@
+"""Validation that cannot lie: region splits of single-image/volume folders, empty validation,
+the monitor checked before any epoch, unmeasured values never 0.0, the time budget."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from unetkit.data.io import VolumeMeta, write_image, write_mask
+from unetkit.data.splits import region_split
+from unetkit.errors import ConfigError
+from unetkit.training import TrainConfig, Trainer, train
+from unetkit.training.run import build_datasets
+
+
+def _single_case_folder(root, dims: int):
+    """One image (2D 40x56) or volume (3D 12x20x28) with blobs, in images/ + masks/."""
+    rng = np.random.default_rng(0)
+    shape = (40, 56) if dims == 2 else (12, 20, 28)
+    mask = np.zeros(shape, np.uint8)
+    grid = np.indices(shape)
+    for _ in range(6):
+        centre = [rng.integers(3, s - 3) for s in shape]
+        mask[sum((g - c) ** 2 for g, c in zip(grid, centre)) <= 9] = 1
+    image = (mask * 120 + rng.normal(60, 10, shape)).clip(0, 255).astype(np.uint8)[None]
+    if dims == 2:
+        write_image(root / "images" / "one.png", image)
+        write_mask(root / "masks" / "one.png", mask)
+    else:
+        meta = VolumeMeta(spacing=(3.0, 1.0, 1.0))
+        write_image(root / "images" / "one.nii.gz", image, meta)
+        write_mask(root / "masks" / "one.nii.gz", mask, meta)
+    return shape
+
+
+def _config(tmp_path, data, dims: int, **overrides) -> TrainConfig:
+    patch = [16, 16] if dims == 2 else [8, 8, 8]
+    cfg = TrainConfig().with_overrides([
+        f"data.images={data}", f"model.spatial_dims={dims}", "model.num_classes=1", "model.kwargs.features=[4,8]",
+        f"data.patch_size={patch}", "data.batch_size=2", "data.samples_per_epoch=4", "data.num_workers=0",
+        "data.augmentation=none", "epochs=2", "progress=quiet", "tensorboard=false", "overlays=0",
+        f"out_dir={tmp_path}", "name=run", "optim.lr=1e-2",
+    ])
+    return cfg.with_overrides([f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_region_split_holds_out_the_far_end_of_the_longest_axis() -> None:
+    split = region_split((40, 56), 0.25)
+    assert split == {"axis": 1, "train": [[0, 40], [0, 42]], "val": [[0, 40], [42, 56]]}
+    assert region_split((48, 512, 512), 0.3)["val"] == [[0, 48], [0, 512], [358, 512]]  # ties: last axis
+    with pytest.raises(ConfigError, match="val_fraction"):
+        region_split((10, 10), 0.0)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_single_image_or_volume_folder_validates_on_a_held_out_region(tmp_path, dims: int) -> None:
+    shape = _single_case_folder(tmp_path / "data", dims)
+    cfg = _config(tmp_path, tmp_path / "data", dims)
+    result = train(cfg)
+    fold = json.loads((result.run_dir / "splits.json").read_text())["folds"][0]
+    expected = region_split(shape, cfg.data.val_fraction)
+    assert fold["regions"] == {"train": {"one": expected["train"]}, "val": {"one": expected["val"]}}
+    # validation measured something real, every epoch; the best model exists because it was measured
+    assert all(np.isfinite(row["val_loss"]) and 0.0 <= row["val_dice"] <= 1.0 for row in result.history)
+    assert (result.run_dir / "best.safetensors").is_file() and result.best_epoch >= 1
+    # the validation sample is exactly the held-out block; training patches never reach into it
+    train_set, val_set, _ = build_datasets(cfg, tmp_path / "again")
+    val_shape = [b - a for a, b in expected["val"]]
+    assert list(val_set[0]["image"].shape[1:]) == val_shape
+    axis, cut = expected["axis"], expected["val"][expected["axis"]][0]
+    for i in range(40):
+        corner = [int(v) for v in train_set[i]["name"].split("@")[1].split(",")]
+        assert corner[axis] + cfg.data.patch_size[axis] <= cut
+
+
+def test_monitor_that_does_not_exist_fails_before_any_epoch(tmp_path) -> None:
+    _single_case_folder(tmp_path / "data", 2)
+    cfg = _config(tmp_path, tmp_path / "data", 2, monitor="dcie")
+    with pytest.raises(ConfigError, match=r"monitor 'dcie' is not a validation metric; available: .*dice"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # no half-made run folder
+
+
+def test_empty_validation_is_an_error_unless_no_val(tmp_path) -> None:
+    _single_case_folder(tmp_path / "data", 2)
+    cfg = _config(tmp_path, tmp_path / "data", 2, **{"data.val_fraction": 0.0})
+    with pytest.raises(ConfigError, match=r"validation set is empty(.|\n)*--no-val"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+    result = train(_config(tmp_path, tmp_path / "data", 2, no_val=True))
+    assert (result.run_dir / "last.safetensors").is_file()
+    assert not (result.run_dir / "best.safetensors").exists()  # nothing measured, so no "best"
+    assert all("val_loss" not in row for row in result.history)
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["validation"] is False and report["best_value"] is None
+
+
+def test_trainer_refuses_an_empty_validation_dataset(tmp_path) -> None:
+    _single_case_folder(tmp_path / "data", 2)
+    cfg = _config(tmp_path, tmp_path / "data", 2)
+    train_set, _, _ = build_datasets(cfg, tmp_path / "x")
+    with pytest.raises(ConfigError, match="validation set is empty"):
+        Trainer(cfg, train_set, torch.utils.data.Subset(train_set, []), run_dir=tmp_path / "t")
+
+
+def test_a_spent_budget_stops_after_one_step_then_validates_and_keeps_the_best(tmp_path) -> None:
+    _single_case_folder(tmp_path / "data", 2)
+    cfg = _config(tmp_path, tmp_path / "data", 2, epochs=50)
+    train_set, val_set, _ = build_datasets(cfg, tmp_path / "x")
+    trainer = Trainer(cfg, train_set, val_set, run_dir=tmp_path / "t", deadline=time.monotonic())
+    result = trainer.fit()
+    assert trainer.step == 1 and len(result.history) == 1  # stopped inside the first epoch
+    assert math.isfinite(result.history[0]["val_loss"])  # ... after validating what it had
+    assert (tmp_path / "t" / "best.safetensors").is_file()
+    assert json.loads((tmp_path / "t" / "report.json").read_text())["stopped_by_budget"] is True
