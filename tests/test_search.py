@@ -198,12 +198,33 @@ class Fakes:
                           confirm=lambda c: {"seconds": self.measure(c, None)["seconds"]})
 
 
+@pytest.fixture
+def fake_plan(monkeypatch):
+    """The planner's plan, without reading data (the search tests use fake training)."""
+    from types import SimpleNamespace
+
+    from unetkit.search import proxy
+    from unetkit.training.config import TrainConfig
+
+    calls = []
+
+    def data_plan(source, out_dir, device, train_budget):
+        calls.append(source)
+        cfg = TrainConfig()
+        cfg.model.kwargs = {"features": [8, 16], "deep_supervision": True}
+        cfg.max_minutes = 10.0
+        return SimpleNamespace(config=cfg)
+
+    monkeypatch.setattr(proxy, "data_plan", data_plan)
+    return calls
+
+
 def _search(tmp_path, fakes, budget="200s", resume=False, latency="50ms", name="s"):
     return search("synthetic-cells", latency, budget=budget, out_dir=tmp_path / name, resume=resume,
                   evaluators=fakes.evaluators(), log=lambda s: None, grid=8, population=4)
 
 
-def test_search_keeps_to_the_latency_budget(tmp_path):
+def test_search_keeps_to_the_latency_budget(tmp_path, fake_plan):
     fakes = Fakes()
     result = _search(tmp_path, fakes)
     by_status = {}
@@ -228,15 +249,15 @@ def test_search_keeps_to_the_latency_budget(tmp_path):
 
     out = tmp_path / "s"
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    cfg = TrainConfig.from_yaml(out / "chosen_config.yaml")
-    assert cfg.model.name == best["arch"] and cfg.model.kwargs == best["kwargs"]
+    cfg = TrainConfig.from_yaml(out / "chosen_config.yaml")  # the plan, with the chosen model
+    assert cfg.model.name == best["arch"] and cfg.model.kwargs == best["kwargs"] and cfg.max_minutes == 10.0
     chosen = json.loads((out / "chosen_model.json").read_text())
     create_model(chosen["name"], spatial_dims=2, in_channels=1, num_classes=1, **chosen["kwargs"])
     summary = json.loads((out / "search.json").read_text())
     assert summary["predictor_error"]["leave_one_out"]["n"] >= 2
 
 
-def test_resume_skips_finished_candidates_and_matches_an_uninterrupted_search(tmp_path):
+def test_resume_skips_finished_candidates_and_matches_an_uninterrupted_search(tmp_path, fake_plan):
     whole = Fakes()
     full = _search(tmp_path, whole, budget="200s", name="whole")
     first = Fakes()
@@ -251,7 +272,7 @@ def test_resume_skips_finished_candidates_and_matches_an_uninterrupted_search(tm
     assert resumed.chosen == full.chosen
 
 
-def test_resume_after_an_interruption(tmp_path):
+def test_resume_after_an_interruption(tmp_path, fake_plan):
     whole = Fakes()
     full = _search(tmp_path, whole, name="whole")
     broken = Fakes(interrupt_after=3)
@@ -265,7 +286,7 @@ def test_resume_after_an_interruption(tmp_path):
     assert resumed.chosen == full.chosen
 
 
-def test_search_refuses_to_overwrite_or_to_resume_other_settings(tmp_path):
+def test_search_refuses_to_overwrite_or_to_resume_other_settings(tmp_path, fake_plan):
     _search(tmp_path, Fakes(), budget="30s")
     with pytest.raises(ConfigError, match="already holds a search"):
         _search(tmp_path, Fakes(), budget="30s")

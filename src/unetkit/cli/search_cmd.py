@@ -26,14 +26,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("search"), "--out", help="Search folder (state, figure, chosen config)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the search in --out."),
         masks: Optional[str] = typer.Option(None, "--masks", help="Mask folder, when not inside DATA."),
-        num_classes: int = typer.Option(1, "--num-classes", help="Output classes (1 = binary)."),
-        in_channels: int = typer.Option(1, "--in-channels", help="Input channels."),
+        mask_suffix: str = typer.Option("", "--mask-suffix", help="Masks beside the images: <stem><suffix>."),
         families: Optional[str] = typer.Option(None, "--families", help="Comma list to restrict the space: unet, "
                                                "unet++, attention-unet, mobile-unet, resnet-unet."),
         proxy_steps: int = typer.Option(120, "--proxy-steps", help="Training steps per candidate."),
         proxy_batch: int = typer.Option(8, "--proxy-batch", help="Batch size of the proxy training."),
         patch_size: int = typer.Option(128, "--patch-size", help="Training tile size."),
-        train_epochs: int = typer.Option(20, "--train-epochs", help="Epochs (x 24 steps) of the full training."),
+        train_budget: str = typer.Option("10m", "--train-budget", help="Time of the full training (--train), "
+                                         "planned by the planner."),
         grid: int = typer.Option(12, "--grid", help="Candidates measured to fit the latency predictor."),
         population: int = typer.Option(6, "--population", help="Population of the evolution."),
         repeats: int = typer.Option(5, "--repeats", help="Timed runs per latency measurement (median)."),
@@ -42,14 +42,16 @@ def register(app: typer.Typer) -> None:
                                                  "~/.cache/unetkit/latency)."),
     ) -> None:
         """Search depth, widths, blocks, resampling and decoder for the best validation Dice
-        whose measured latency on this device meets --latency; prints and plots the Pareto front."""
+        whose measured latency on this device meets --latency; prints and plots the Pareto front.
+        The data are planned by the planner (`unetkit plan`); candidates train briefly through
+        `unetkit train`'s code path."""
         from unetkit.search import search
 
         with user_errors():
             search(data, latency, device=device, input_size=input_size, batch=batch, budget=budget,
                    precision=precision, train=train, out_dir=out, resume=resume, masks=masks,
-                   in_channels=in_channels, num_classes=num_classes,
+                   mask_suffix=mask_suffix,
                    families=[f.strip() for f in families.split(",") if f.strip()] if families else None,
                    proxy_steps=proxy_steps, proxy_batch=proxy_batch, patch_size=patch_size,
-                   train_epochs=train_epochs, grid=grid, population=population, repeats=repeats, seed=seed,
+                   train_budget=train_budget, grid=grid, population=population, repeats=repeats, seed=seed,
                    cache_dir=cache_dir, log=lambda s: typer.echo(s))

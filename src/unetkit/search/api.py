@@ -25,7 +25,8 @@ from unetkit.io.atomic import atomic_path
 from unetkit.search.engine import STATE_FILE, Evaluators, Search, SearchSettings, SearchState
 from unetkit.search.latency import LatencyCache, LatencySpec, candidate_features
 from unetkit.search.pareto import format_front, pareto_front, plot_front
-from unetkit.search.proxy import DataSource, ProxySettings, proxy_train, training_config
+from unetkit.search import proxy as _proxy
+from unetkit.search.proxy import DataSource, ProxySettings, proxy_train, with_model
 from unetkit.search.space import Candidate, SearchSpace, to_candidate
 
 # the model of `unetkit demo` (unetkit.training.demo.demo_config): the reference of "--latency 25%"
@@ -103,13 +104,12 @@ def search(
     out_dir: str | Path = "search",
     resume: bool = False,
     masks: str | Path | None = None,
-    in_channels: int = 1,
-    num_classes: int = 1,
+    mask_suffix: str = "",
     families: Sequence[str] | None = None,
     proxy_steps: int = 120,
     proxy_batch: int = 8,
     patch_size: int = 128,
-    train_epochs: int = 20,
+    train_budget: str | float = "10m",
     grid: int = 12,
     population: int = 6,
     repeats: int = 5,
@@ -127,7 +127,8 @@ def search(
         input_size, batch: the deployment input (H, W) and batch size latency is measured at.
         budget: wall time for the whole search ("30m", "90s", "1.5h"); checked before each candidate.
         precision: cpu "fp32" (default) or "int8" (ONNX Runtime); cuda "amp" (default) or "fp32".
-        train: train the chosen model fully (`train_epochs` epochs) into out_dir/final.
+        train: train the chosen model fully into out_dir/final, as the planner plans a run of
+            `train_budget` (the planner also gives the data settings of the proxy training).
         out_dir: the search folder; an existing search in it is continued only with `resume`.
         families: restrict the space (default: unet, unet++, attention-unet, mobile-unet, resnet-unet).
         proxy_steps, proxy_batch, patch_size: the short training every candidate gets.
@@ -145,17 +146,17 @@ def search(
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA GPU is available here")
     precision = precision or ("amp" if device == "cuda" else "fp32")
-    source = DataSource.resolve(data, masks, in_channels=in_channels, num_classes=num_classes)
+    source = DataSource.resolve(data, masks, mask_suffix)
     size = parse_size(input_size)
     try:
-        spec = LatencySpec(device, precision, int(batch), size, in_channels, num_classes, repeats=int(repeats))
+        LatencySpec(device, precision, int(batch), size, repeats=int(repeats))  # checks the target
     except ValueError as err:
         raise ConfigError(str(err)) from None
     budget_s, fraction = parse_latency(latency)
     time_budget_s = parse_duration(budget)
     for name, value, low in (("proxy_steps", proxy_steps, 1), ("proxy_batch", proxy_batch, 1),
                              ("patch_size", patch_size, 16), ("grid", grid, 2), ("population", population, 1),
-                             ("train_epochs", train_epochs, 1), ("repeats", repeats, 1)):
+                             ("repeats", repeats, 1)):
         if int(value) < low:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     try:
@@ -168,18 +169,26 @@ def search(
         except ImportError:
             raise ConfigError("--precision int8 needs onnxruntime: pip install 'unetkit[export]'") from None
     out = Path(out_dir)
+    parse_duration(train_budget, "--train-budget")
     proxy = ProxySettings(int(proxy_steps), int(proxy_batch), int(patch_size), seed=int(seed))
-    identity = {"data": asdict(source), "latency": str(latency), "spec": {**asdict(spec), "size": list(spec.size)},
-                "proxy": asdict(proxy), "families": space.families, "grid": int(grid), "population": int(population),
-                "seed": int(seed)}
+    identity = {"data": asdict(source), "latency": str(latency), "device": device, "precision": precision,
+                "batch": int(batch), "input": list(size), "repeats": int(repeats), "proxy": asdict(proxy),
+                "families": space.families, "grid": int(grid), "population": int(population), "seed": int(seed)}
     state = SearchState(out / STATE_FILE, identity, resume)  # refuses to overwrite a previous search
+
+    # ---- the data plan (channels, classes, normalisation, split, recipe) ----------------------
+    log(f"planning the data ({source.describe()}) ...")
+    planned = _proxy.data_plan(source, out, device, train_budget)
+    base = planned.config
+    in_channels, num_classes = base.model.in_channels, base.model.num_classes
+    spec = LatencySpec(device, precision, int(batch), size, in_channels, num_classes, repeats=int(repeats))
     cache = LatencyCache.for_device(spec, cache_dir)
 
     # ---- the evaluators -----------------------------------------------------------------------
     if evaluators is None:
         evaluators = Evaluators(features=lambda c: _features(c, spec),
                                 measure=lambda c, cap: cache.measure(c, spec, cap),
-                                train=lambda c: proxy_train(c, source, proxy, out / "runs", device), log=log,
+                                train=lambda c: proxy_train(c, base, proxy, out / "runs"), log=log,
                                 confirm=lambda c: cache.measure(c, spec, fresh=True))
     if fraction is not None:
         demo = to_candidate(DEMO_GENES)
@@ -218,7 +227,7 @@ def search(
     figure = plot_front(trained, budget_s, out / "pareto.png", title, chosen_record["key"] if chosen_record else None) \
         if trained else None
     result = SearchResult(out, budget_s, chosen, chosen_record, front, records, outcome["predictor_error"], figure)
-    _write_outputs(result, source, spec, cache, settings, proxy, outcome, device, train_epochs, seed)
+    _write_outputs(result, source, spec, cache, settings, proxy, outcome, base)
     log(result.summary())
     err = outcome["predictor_error"]
     for kind, label in (("leave_one_out", "held-out (leave-one-out) measured candidates"),
@@ -235,10 +244,12 @@ def search(
         if train:
             from unetkit.training.run import train as run_training
 
-            cfg = _full_config(chosen_record, source, out, train_epochs, proxy, device)
-            log(f"training the chosen model for {train_epochs} epochs into {out / 'final'} ...")
+            cfg = _full_config(chosen_record, base)
+            cfg.out_dir, cfg.name = str(out), "final"
+            log(f"training the chosen model ({cfg.epochs} epochs of {cfg.data.samples_per_epoch} tiles, at most "
+                f"{cfg.max_minutes:g} min) into {out / 'final'} ...")
             run_training(cfg)
-            result.final_model = out / "final" / "last.safetensors"
+            result.final_model = out / "final" / "best.safetensors"
             log(f"model file: {result.final_model}")
     return result
 
@@ -255,24 +266,15 @@ def _features(candidate: Candidate, spec: LatencySpec) -> dict[str, float]:
     return feats
 
 
-def _full_config(record: dict[str, Any], source: DataSource, out: Path, epochs: int, proxy: ProxySettings,
-                 device: str):
-    """The run configuration of the chosen model's full training (the demo's length: `epochs`
-    x 24 steps of `proxy.batch_size`)."""
-    steps = epochs * 24
-    cfg = training_config(to_candidate(record["genes"]), source, out, "final", steps, proxy.batch_size,
-                          proxy.patch_size, proxy.lr, proxy.seed, device, epochs=epochs)
-    cfg.max_steps = None
-    cfg.overlays = 1
-    cfg.tensorboard = True
-    cfg.progress = "bar"
+def _full_config(record: dict[str, Any], base: Any):
+    """The planner's full-training config with the chosen model (plain, no deep supervision)."""
+    cfg = with_model(base, to_candidate(record["genes"]))
     cfg.overwrite = False
     return cfg
 
 
 def _write_outputs(result: SearchResult, source: DataSource, spec: LatencySpec, cache: LatencyCache,
-                   settings: SearchSettings, proxy: ProxySettings, outcome: dict[str, Any], device: str,
-                   train_epochs: int, seed: int) -> None:
+                   settings: SearchSettings, proxy: ProxySettings, outcome: dict[str, Any], base: Any) -> None:
     out = result.out_dir
     summary = {
         "data": asdict(source), "target": {**asdict(spec), "size": list(spec.size)}, "device": cache.info,
@@ -289,7 +291,6 @@ def _write_outputs(result: SearchResult, source: DataSource, spec: LatencySpec, 
     if result.chosen_record is not None:
         with atomic_path(out / "chosen_model.json", overwrite=True) as tmp:
             Path(tmp).write_text(json.dumps(result.chosen, indent=1))
-        cfg = _full_config(result.chosen_record, source, out, train_epochs, proxy, device)
-        cfg.out_dir, cfg.name = "runs", None
+        cfg = _full_config(result.chosen_record, base)
         with atomic_path(out / "chosen_config.yaml", overwrite=True) as tmp:
             cfg.to_yaml(tmp)
