@@ -88,7 +88,7 @@ def test_predictor_recovers_a_linear_cost_model():
     rng = np.random.default_rng(0)
     coef = {"const": 0.002, "dense_gflop": 0.01, "depthwise_gflop": 0.05, "conv_mb": 0.0001, "other_mb": 0.0,
             "ops_100": 0.001}
-    feats = [{k: (1.0 if k == "const" else float(rng.uniform(0.1, 10))) for k in FEATURES} for _ in range(12)]
+    feats = [{k: (1.0 if k == "const" else float(rng.uniform(0.1, 10))) for k in FEATURES} for _ in range(13)]  # LOO fits on 12 = 2 per feature
     secs = [sum(coef[k] * f[k] for k in FEATURES) for f in feats]
     pred = LatencyPredictor.fit(feats, secs)
     assert all(abs(pred.predict(f) - s) / s < 1e-6 for f, s in zip(feats, secs))

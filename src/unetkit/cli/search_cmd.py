@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         grid: int = typer.Option(12, "--grid", help="Candidates measured to fit the latency predictor."),
         population: int = typer.Option(6, "--population", help="Population of the evolution."),
         repeats: int = typer.Option(5, "--repeats", help="Timed runs per latency measurement (median)."),
+        threads: int = typer.Option(0, "--threads", help="CPU threads of the deployment (0: torch's default)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the search and the proxy training."),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Latency cache folder (default "
                                                  "~/.cache/unetkit/latency)."),
@@ -53,5 +54,5 @@ def register(app: typer.Typer) -> None:
                    mask_suffix=mask_suffix,
                    families=[f.strip() for f in families.split(",") if f.strip()] if families else None,
                    proxy_steps=proxy_steps, proxy_batch=proxy_batch, patch_size=patch_size,
-                   train_budget=train_budget, grid=grid, population=population, repeats=repeats, seed=seed,
+                   train_budget=train_budget, grid=grid, population=population, repeats=repeats, threads=threads, seed=seed,
                    cache_dir=cache_dir, log=lambda s: typer.echo(s))

@@ -113,6 +113,7 @@ def search(
     grid: int = 12,
     population: int = 6,
     repeats: int = 5,
+    threads: int = 0,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
@@ -134,6 +135,7 @@ def search(
         proxy_steps, proxy_batch, patch_size: the short training every candidate gets.
         grid: candidates measured to fit the latency predictor; population: of the evolution.
         repeats: timed runs per latency measurement (median).
+        threads: CPU threads of the deployment (0: torch's current setting); part of the device key.
         cache_dir: the per-device latency cache folder (default ~/.cache/unetkit/latency).
         evaluators: replace the measuring / training functions (tests).
     """
@@ -149,7 +151,7 @@ def search(
     source = DataSource.resolve(data, masks, mask_suffix)
     size = parse_size(input_size)
     try:
-        LatencySpec(device, precision, int(batch), size, repeats=int(repeats))  # checks the target
+        LatencySpec(device, precision, int(batch), size, repeats=int(repeats), threads=int(threads))  # checks
     except ValueError as err:
         raise ConfigError(str(err)) from None
     budget_s, fraction = parse_latency(latency)
@@ -172,7 +174,7 @@ def search(
     parse_duration(train_budget, "--train-budget")
     proxy = ProxySettings(int(proxy_steps), int(proxy_batch), int(patch_size), seed=int(seed))
     identity = {"data": asdict(source), "latency": str(latency), "device": device, "precision": precision,
-                "batch": int(batch), "input": list(size), "repeats": int(repeats), "proxy": asdict(proxy),
+                "batch": int(batch), "input": list(size), "repeats": int(repeats), "threads": int(threads), "proxy": asdict(proxy),
                 "families": space.families, "grid": int(grid), "population": int(population), "seed": int(seed)}
     state = SearchState(out / STATE_FILE, identity, resume)  # refuses to overwrite a previous search
 
@@ -181,7 +183,8 @@ def search(
     planned = _proxy.data_plan(source, out, device, train_budget)
     base = planned.config
     in_channels, num_classes = base.model.in_channels, base.model.num_classes
-    spec = LatencySpec(device, precision, int(batch), size, in_channels, num_classes, repeats=int(repeats))
+    spec = LatencySpec(device, precision, int(batch), size, in_channels, num_classes, repeats=int(repeats),
+                       threads=int(threads))
     cache = LatencyCache.for_device(spec, cache_dir)
 
     # ---- the evaluators -----------------------------------------------------------------------

@@ -108,6 +108,8 @@ class Search:
         self.replaying = True
         self.counts = {"replayed": 0, "measured": 0, "trained": 0}
         self.done: dict[str, dict[str, Any]] = {}  # candidates evaluated in this run (replayed or new)
+        self._features: dict[str, dict[str, float]] = {}
+        self.pool: list[Candidate] = []
 
     # ---- time -----------------------------------------------------------------------------------
     def spent(self) -> float:
@@ -141,8 +143,17 @@ class Search:
             return record
         return None
 
+    def features(self, candidate: Candidate) -> dict[str, float]:
+        if candidate.key not in self._features:
+            known = self.state.records.get(candidate.key)
+            self._features[candidate.key] = known["features"] if known else self.ev.features(candidate)
+        return self._features[candidate.key]
+
+    def predicted(self, candidate: Candidate) -> float | None:
+        return self.predictor.predict(self.features(candidate)) if self.predictor else None
+
     def _new_record(self, candidate: Candidate) -> dict[str, Any]:
-        feats = self.ev.features(candidate)
+        feats = self.features(candidate)
         return {"key": candidate.key, "arch": candidate.arch, "kwargs": candidate.kwargs, "genes": candidate.genes,
                 "label": candidate.label(), "reference": reference_name(candidate.genes),
                 "features": feats, "gflop": feats.get("gflop", 0.0), "params": int(feats.get("params", 0)),
@@ -181,7 +192,6 @@ class Search:
         if record.get("measured_s") is None:
             if record["predicted_s"] is not None and record["predicted_s"] > self.s.budget_s:
                 record["status"] = "predicted_over"
-                self.ev.log(f"  {record['label']}: predicted {record['predicted_s'] * 1000:.1f} ms > budget, skipped")
                 return self._finish(record)
             self.measure(candidate, record)
         if record["measured_s"] > self.s.budget_s:
@@ -214,6 +224,7 @@ class Search:
                 unique.append(c)
         flops = {c.key: self._flops(c) for c in unique}
         unique.sort(key=lambda c: flops[c.key])
+        self.pool = unique
         need = max(0, self.s.grid - len(refs))
         picks = [unique[round(i * (len(unique) - 1) / max(1, need - 1))] for i in range(need)] if need else []
         grid, keys = [], set()
@@ -235,8 +246,7 @@ class Search:
         return grid
 
     def _flops(self, candidate: Candidate) -> float:
-        known = self.state.records.get(candidate.key)
-        return (known or {}).get("gflop") or self.ev.features(candidate).get("gflop", 0.0)
+        return self.features(candidate).get("gflop", 0.0)
 
     def predictor_error(self) -> dict[str, Any]:
         """Leave-one-out error on the measured candidates and the error of predictions made before
@@ -273,15 +283,18 @@ class Search:
             if not self._time_left():
                 break
             self._add(self.evaluate(_candidate(r)))
-        tries = 0
-        while len(self.population) < self.s.population and self._time_left() and tries < 200:
-            tries += 1
-            c = to_candidate(self.space.sample(self.rng))
-            if c.key not in self.done:
+        feasible = [c for c in self.pool if c.key not in self.done and self.predicted(c) <= self.s.budget_s]
+        self.rng.shuffle(feasible)
+        ev.log(f"  {len(feasible)} of {len(self.pool)} sampled candidates predicted within the budget")
+        while len(self.population) < self.s.population and self._time_left() and feasible:
+            c = feasible.pop()
+            if c.key not in self.done and self.predicted(c) <= self.s.budget_s:
                 self._add(self.evaluate(c))
+        if not self.population:
+            ev.log("search: no candidate met the budget when measured; nothing to evolve")
         # evolution
         stale = 0
-        while self._time_left() and self.population and stale < 200:
+        while self._time_left() and self.population and stale < 100:
             parent = max(self.rng.sample(self.population, min(self.s.tournament, len(self.population))),
                          key=lambda r: r["dice"])
             child = to_candidate(self.space.mutate(parent["genes"], self.rng))
@@ -290,7 +303,7 @@ class Search:
                 continue
             stale = 0
             self._add(self.evaluate(child))
-        if stale >= 200:
+        if stale >= 100:
             ev.log("search: no unseen candidate within the budget left near the population")
         return {"records": list(self.state.records.values()), "predictor": self.predictor,
                 "predictor_error": self.predictor_error(), "counts": dict(self.counts),

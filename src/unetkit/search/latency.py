@@ -1,7 +1,7 @@
 """Latency on the target device: measured, cached per device, and predicted by a cheap model.
 
     spec = LatencySpec(device="cpu", precision="fp32", batch=1, size=(512, 512))
-    cache = LatencyCache.for_device(spec)            # ~/.cache/unetkit/latency/<device>.json
+    cache = LatencyCache.for_device(spec)            # $UNETKIT_CACHE_DIR or ~/.cache/unetkit, latency/<device>.json
     seconds = cache.measure(candidate, spec)         # measured once per device, then read back
     predictor = LatencyPredictor.fit(features, seconds)
     predictor.predict(layer_features(candidate.build(), spec.input_shape))
@@ -44,6 +44,8 @@ from unetkit.io.atomic import atomic_path
 
 PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("amp", "fp32")}
 FEATURES = ("const", "dense_gflop", "depthwise_gflop", "conv_mb", "other_mb", "ops_100")
+# with fewer than 2 measurements per feature, the fit uses only these (the others get 0)
+FEW_FEATURES = ("const", "dense_gflop", "depthwise_gflop", "other_mb")
 
 
 # ---- what is measured ---------------------------------------------------------------------------
@@ -59,6 +61,7 @@ class LatencySpec:
     num_classes: int = 1
     repeats: int = 5
     warmup: int = 1
+    threads: int = 0  # CPU threads of the deployment (0: torch's current setting)
 
     def __post_init__(self) -> None:
         if self.device not in PRECISIONS:
@@ -70,6 +73,12 @@ class LatencySpec:
             raise ValueError(f"need batch >= 1 and a 2D input size of at least 16x16, got batch {self.batch}, "
                              f"size {tuple(self.size)}")
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's setting), got {self.threads}")
+
+    @property
+    def cpu_threads(self) -> int:
+        return self.threads or torch.get_num_threads()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -95,7 +104,7 @@ def device_info(spec: LatencySpec) -> dict[str, Any]:
     """What makes timings comparable: CPU model, its instruction set as torch uses it, threads,
     torch (and ONNX Runtime for int8; GPU and CUDA for cuda) versions."""
     info: dict[str, Any] = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": spec.device}
+                            "threads": spec.cpu_threads, "torch": torch.__version__, "device": spec.device}
     if spec.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
         info["cuda"] = torch.version.cuda
@@ -114,7 +123,7 @@ def device_key(info: dict[str, Any]) -> str:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("UNETKIT_CACHE") or os.path.join(
+    root = os.environ.get("UNETKIT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "unetkit")
     return Path(root) / "latency"
 
@@ -157,7 +166,7 @@ def deployed_runner(model: nn.Module, spec: LatencySpec, workdir: str | None = N
         fp32, q = os.path.join(work, "fp32.onnx"), os.path.join(work, "int8.onnx")
         export_onnx(model, fp32, (1, *spec.input_shape[1:]), dynamic_spatial=True, check=False)
         quantize_onnx_int8(fp32, [torch.randn(1, *spec.input_shape[1:]) for _ in range(2)], q)
-        pred = OnnxPredictor(q, threads=torch.get_num_threads())
+        pred = OnnxPredictor(q, threads=spec.cpu_threads)
         xn = x.numpy()
         return lambda: pred(xn)
     dev = torch.device(spec.device)
@@ -172,9 +181,14 @@ def measure_candidate(candidate: Any, spec: LatencySpec, cap_s: float | None = N
     "times": [...], "capped": bool}."""
     torch.manual_seed(0)
     model = candidate.build(spec.in_channels, spec.num_classes).eval()
-    with tempfile.TemporaryDirectory(prefix="unetkit-latency-") as work:
-        run = deployed_runner(model, spec, work)
-        times = time_runs(run, spec.repeats, spec.warmup, spec.device, cap_s)
+    before = torch.get_num_threads()
+    torch.set_num_threads(spec.cpu_threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="unetkit-latency-") as work:
+            run = deployed_runner(model, spec, work)
+            times = time_runs(run, spec.repeats, spec.warmup, spec.device, cap_s)
+    finally:
+        torch.set_num_threads(before)
     return {"seconds": statistics.median(times), "min_seconds": min(times), "times": [round(t, 6) for t in times],
             "capped": len(times) < spec.repeats}
 
@@ -298,7 +312,8 @@ def candidate_features(candidate: Any, spec: LatencySpec) -> dict[str, float]:
 
 @dataclass
 class LatencyPredictor:
-    """seconds = sum(coef[f] * features[f]), coefficients >= 0, fitted to relative error."""
+    """seconds = sum(coef[f] * features[f]), coefficients >= 0, fitted to relative error (on
+    `FEW_FEATURES` only while there are fewer than two measurements per feature)."""
 
     coef: dict[str, float]
 
@@ -308,7 +323,8 @@ class LatencyPredictor:
 
         if len(features) < 2:
             raise ValueError(f"fitting the latency predictor needs at least 2 measurements, got {len(features)}")
-        a = np.array([[f[k] for k in FEATURES] for f in features], dtype=np.float64)
+        used = FEATURES if len(features) >= 2 * len(FEATURES) else FEW_FEATURES
+        a = np.array([[f[k] if k in used else 0.0 for k in FEATURES] for f in features], dtype=np.float64)
         y = np.asarray(seconds, dtype=np.float64)
         scale = a.max(axis=0)
         scale[scale == 0] = 1.0
