@@ -320,3 +320,38 @@ def test_cli_reports_bad_options(tmp_path):
     assert res.exit_code == 1 and "precision 'amp' is not measured on cpu" in res.output
     assert not (tmp_path / "o").exists()
     assert set(FAMILIES) >= {"unet", "unet++", "attention-unet", "mobile-unet", "resnet-unet"}
+
+
+@pytest.mark.slow
+def test_search_end_to_end_on_a_small_folder(tmp_path):
+    """Real planning, timing and proxy training (through unetkit.training.train) on 6 tiny images."""
+    from unetkit.data.io import write_image, write_mask
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        mask = np.zeros((48, 48), np.uint8)
+        y, x = rng.integers(8, 40, size=2)
+        mask[max(0, y - 6):y + 6, max(0, x - 6):x + 6] = 1
+        image = (mask * 150 + rng.normal(40, 10, mask.shape)).clip(0, 255).astype(np.uint8)
+        write_image(tmp_path / "data" / "images" / f"c{i}.png", image)
+        write_mask(tmp_path / "data" / "masks" / f"c{i}.png", mask)
+    out = tmp_path / "search"
+    kw = dict(input_size="64x64", budget="20m", out_dir=out, families=["unet"], grid=3, population=1, max_trained=1,
+              proxy_steps=2, proxy_batch=2, patch_size=32, repeats=1, cache_dir=tmp_path / "cache", log=lambda s: None,
+              train_budget="1m")
+    result = search(tmp_path / "data", "5s", **kw)
+    trained = [r for r in result.records if r["status"] == "trained"]
+    assert len(trained) == 1 and 0.0 <= trained[0]["dice"] <= 1.0
+    assert (out / "runs" / to_candidate(trained[0]["genes"]).short_id / "last.safetensors").is_file()
+    assert result.chosen_record["key"] == trained[0]["key"] and result.chosen_record["confirm_s"] <= 5.0
+    cache_files = list((tmp_path / "cache").glob("*.json"))
+    assert len(cache_files) == 1
+    entries = json.loads(cache_files[0].read_text())["entries"]
+    assert len(entries) == sum(r["measured_s"] is not None for r in result.records)
+    # resumed with a larger allowance: the finished candidate is neither timed nor trained again
+    before = (out / "runs").stat().st_mtime_ns, json.loads(cache_files[0].read_text())
+    result2 = search(tmp_path / "data", "5s", resume=True, **{**kw, "max_trained": 1})
+    assert [r["key"] for r in result2.records] == [r["key"] for r in result.records]
+    after = json.loads(cache_files[0].read_text())
+    changed = [k for k in after["entries"] if after["entries"][k] != before[1]["entries"].get(k)]
+    assert len(changed) <= 1  # only the confirming timing run of the chosen model

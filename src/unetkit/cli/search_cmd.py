@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
                                          "planned by the planner."),
         grid: int = typer.Option(12, "--grid", help="Candidates measured to fit the latency predictor."),
         population: int = typer.Option(6, "--population", help="Population of the evolution."),
+        max_trained: Optional[int] = typer.Option(None, "--max-trained", help="Stop after this many trained "
+                                                  "candidates (default: only --budget)."),
         repeats: int = typer.Option(5, "--repeats", help="Timed runs per latency measurement (median)."),
         threads: int = typer.Option(0, "--threads", help="CPU threads of the deployment (0: torch's default)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the search and the proxy training."),
@@ -54,5 +56,6 @@ def register(app: typer.Typer) -> None:
                    mask_suffix=mask_suffix,
                    families=[f.strip() for f in families.split(",") if f.strip()] if families else None,
                    proxy_steps=proxy_steps, proxy_batch=proxy_batch, patch_size=patch_size,
-                   train_budget=train_budget, grid=grid, population=population, repeats=repeats, threads=threads, seed=seed,
+                   train_budget=train_budget, grid=grid, population=population, max_trained=max_trained,
+                   repeats=repeats, threads=threads, seed=seed,
                    cache_dir=cache_dir, log=lambda s: typer.echo(s))

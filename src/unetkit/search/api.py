@@ -112,6 +112,7 @@ def search(
     train_budget: str | float = "10m",
     grid: int = 12,
     population: int = 6,
+    max_trained: int | None = None,
     repeats: int = 5,
     threads: int = 0,
     seed: int = 0,
@@ -134,6 +135,7 @@ def search(
         families: restrict the space (default: unet, unet++, attention-unet, mobile-unet, resnet-unet).
         proxy_steps, proxy_batch, patch_size: the short training every candidate gets.
         grid: candidates measured to fit the latency predictor; population: of the evolution.
+        max_trained: stop after this many proxy-trained candidates (default: only the time budget).
         repeats: timed runs per latency measurement (median).
         threads: CPU threads of the deployment (0: torch's current setting); part of the device key.
         cache_dir: the per-device latency cache folder (default ~/.cache/unetkit/latency).
@@ -202,7 +204,7 @@ def search(
     log(f"device: {cache.info.get('cpu')} ({spec.device}, {spec.precision}, {cache.info['threads']} threads), "
         f"batch {spec.batch} x {spec.size[0]}x{spec.size[1]}; latency cache {cache.path}")
     settings = SearchSettings(budget_s=budget_s, time_budget_s=time_budget_s, seed=int(seed), grid=int(grid),
-                              population=int(population))
+                              population=int(population), max_trained=max_trained)
     engine = Search(space, settings, state, evaluators)
     outcome = engine.run()
     records = outcome["records"]

@@ -54,8 +54,10 @@ class SearchSettings:
     grid: int = 12  # candidates measured before the search (references included)
     population: int = 6
     tournament: int = 3
-    cap_factor: float = 2.0  # a timing run slower than cap_factor x budget stops early
+    cap_factor: float = 2.0  # a timing run slower than cap_factor x budget stops early (search)
+    grid_cap_factor: float = 10.0  # the same for the grid, which should span a wide range to fit on
     pool: int = 96  # random points whose features are computed to place the grid
+    max_trained: int | None = None  # stop after this many proxy-trained candidates
     identity: dict = field(default_factory=dict)  # what a resumed search must match
 
 
@@ -168,10 +170,11 @@ class Search:
             self.predictor = LatencyPredictor.fit([r["features"] for r in self.measured],
                                                   [r["measured_s"] for r in self.measured])
 
-    def measure(self, candidate: Candidate, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    def measure(self, candidate: Candidate, record: dict[str, Any] | None = None, cap_factor: float | None = None
+                ) -> dict[str, Any]:
         """A record with the measured latency (no training)."""
         record = record or self._new_record(candidate)
-        lat = self.ev.measure(candidate, self.s.cap_factor * self.s.budget_s)
+        lat = self.ev.measure(candidate, (cap_factor or self.s.cap_factor) * self.s.budget_s)
         record.update(measured_s=lat["seconds"], capped=bool(lat.get("capped")), cached_latency=bool(lat.get("cached")))
         self.counts["measured"] += 0 if lat.get("cached") else 1
         self._add_measurement(record)
@@ -237,7 +240,7 @@ class Search:
                 grid.append(known)
                 continue
             self._start_new_work()
-            record = self.measure(c)
+            record = self.measure(c, cap_factor=self.s.grid_cap_factor)
             record["status"] = "grid" if record["measured_s"] <= self.s.budget_s else "measured_over"
             record["grid"] = True
             grid.append(self._finish(record))
@@ -318,6 +321,8 @@ class Search:
     def _time_left(self) -> bool:
         """Room for one more candidate: the median proxy training so far (or 0 before any)."""
         trained = [r["proxy_seconds"] for r in self.done.values() if r.get("proxy_seconds")]
+        if self.s.max_trained is not None and len(trained) >= self.s.max_trained:
+            return False
         estimate = statistics.median(trained) if trained else 0.0
         return self.spent() + estimate <= self.s.time_budget_s
 
