@@ -296,6 +296,19 @@ def test_search_refuses_to_overwrite_or_to_resume_other_settings(tmp_path, fake_
         _search(tmp_path, Fakes(), resume=True, name="none")
 
 
+def test_relative_latency_budget_is_a_fraction_of_the_demo_unet(tmp_path, fake_plan):
+    from unetkit.search.api import DEMO_GENES
+    from unetkit.training.demo import demo_config
+
+    demo = demo_config().model
+    assert to_candidate(DEMO_GENES).kwargs["features"] == demo.kwargs["features"]  # the demo's model
+    fakes = Fakes()
+    result = _search(tmp_path, fakes, budget="60s", latency="50%")
+    want = 0.5 * fakes.measure(to_candidate(DEMO_GENES), None)["seconds"]
+    assert result.budget_s == pytest.approx(want)
+    assert all(r["measured_s"] <= want for r in result.records if r["status"] == "trained")
+
+
 def test_option_parsing():
     assert parse_duration("30m") == 1800 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
     assert parse_latency("50ms") == (0.05, None) and parse_latency("0.2s") == (0.2, None)

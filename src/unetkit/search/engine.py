@@ -1,7 +1,7 @@
 """The search loop: latency grid -> predictor -> regularised evolution with proxy training.
 
-1. Grid: the registry's hand-picked small models plus candidates spread over the space's range of
-   FLOPs are measured on the target (through the per-device cache) and the latency predictor is
+1. Grid: the registry's hand-picked small models, the smallest point of each family, and candidates
+   spread over the space's range of FLOPs are measured on the target (through the per-device cache) and the latency predictor is
    fitted; its leave-one-out error on these measured candidates is reported.
 2. Evolution (Real et al., AAAI 2019, "regularised evolution"): a population of the last
    `population` trained candidates; each step takes the best of `tournament` random members,
@@ -219,6 +219,7 @@ class Search:
         """Measure the references and candidates spread over the pool's FLOPs; grid records are
         kept with status 'grid' unless already known (they may be trained later)."""
         refs = [to_candidate(g) for g in self.space.references().values()]
+        refs += [to_candidate(g) for g in self.space.edge_cases()[::2]]  # the smallest of each family
         pool = [to_candidate(self.space.sample(self.rng)) for _ in range(self.s.pool)]
         seen, unique = set(), []
         for c in pool:
