@@ -5,7 +5,7 @@
 
 Per case: shape, spacing, channels, dtype. Per channel: intensity statistics overall (from
 `unetkit.data.checks`, the statistics check-data prints) and inside the foreground. Modality:
-detected (CT when most cases span Hounsfield units, -1000 air to bone; RGB for 3-channel 8-bit
+detected (CT when most cases span Hounsfield units, from air at -1000 to tissue above 0; RGB for 3-channel 8-bit
 images; MR for other volumes; else other) or given. Class
 frequencies, objects per image and their sizes (instance ids, or connected components of each
 class), and anisotropy (largest / smallest median spacing).
@@ -178,8 +178,8 @@ def _compute(root: Path, scan: FolderScan, stats: dict[str, Any], spatial_dims: 
             take = min(values.shape[1], _FG_SAMPLE)
             fg_acc.add(values[:, rng.choice(values.shape[1], take, replace=False)] if take < values.shape[1]
                        else values, rng)
-        if image.shape[0] == 1 and float(image.min()) <= -500 and float(image.max()) >= 300:
-            ct_like += 1  # air at about -1000 HU, tissue and bone above
+        if image.shape[0] == 1 and float(image.min()) <= -500 and float(image.max()) >= 0:
+            ct_like += 1  # air at about -1000 HU, soft tissue about 0-100 HU
         n, s = _objects(semantic, instances)
         counts.append(n)
         sizes.extend(s)

@@ -175,7 +175,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     reserve = max(10.0, 0.08 * budget_s) + 1.5 * read_seconds  # data read/checked again by training, start-up
     val_voxels = _validation_voxels(fp, val_fraction)
     workers = _workers(dev)
-    _price(candidates, dev, probe, budget_s, dims, channels)
+    threads = _price(candidates, dev, probe, budget_s, dims, channels)
     spent = time.monotonic() - started
     train_s = budget_s - spent - reserve
     if train_s <= 0:
@@ -186,7 +186,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     chosen = choose(candidates)
     if probe and not chosen.get("measured") and 3 * chosen["compute_s"] < max(5.0, 0.03 * budget_s):
         # check the prediction on the chosen one, once, when that is cheap
-        measured = _time(chosen, dev, dims, channels)
+        measured = _time(chosen, dev, dims, channels, threads=threads)
         ratio = measured / max(chosen["compute_s"], 1e-9)
         for c in candidates:
             c["rate"] /= ratio
@@ -208,6 +208,10 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     add("norm", chosen["norm"], "instance norm in 3D and for small batches (nnU-Net); batch norm for 2D batches >= 4")
     add("batch", chosen["batch"], "3D: 2 (nnU-Net); 2D: 8, 4 for large patches, at most 5% of the data per step")
     timing = "measured" if chosen.get("measured") else "predicted from FLOPs"
+    tried = next((c["threads_tried"] for c in candidates if "threads_tried" in c), None)
+    if tried is not None:
+        add("threads", threads or f"default ({torch.get_num_threads()})",
+            f"a probe step took {tried['default']:.3g} s with the default threads, {tried['1']:.3g} s with 1")
     add("step time", f"{chosen['step_s']:.3g} s", f"{timing} on {dev}"
         + (f" (compute {chosen['compute_s']:.3g} s + augmentation)" if chosen["step_s"] > chosen["compute_s"] else "")
         + f"; {sum(1 for c in candidates if c.get('measured'))} of {len(candidates)} candidates timed")
@@ -261,6 +265,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     cfg.monitor = "dice"
     cfg.max_minutes = round(minutes, 4)
     cfg.device = dev
+    cfg.threads = threads
     result = Plan(cfg, fp, reasons, candidates, minutes, dev, seconds=time.monotonic() - started)
     return result
 
@@ -318,12 +323,14 @@ def _divisible(patch: Sequence[int], dims: int) -> tuple[list[int], int]:
 # ---- candidates ------------------------------------------------------------------------------
 def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: int, fp: Fingerprint,
                     memory: int, spacing: Sequence[float]) -> list[dict[str, Any]]:
-    from unetkit.models.summary import model_flops
-
     total_voxels = sum(int(np.prod(c["shape"])) for c in fp.cases)
     seen: set[tuple] = set()
     out = []
     floor = [min(b, 32 if dims == 2 else 16) for b in base]  # smaller patches see too little context
+    size = fp.objects.get("size_median")
+    if dims == 2 and size:  # a 2D patch spans 1.5 typical objects (their equivalent diameter), up to 256 px
+        side = int(min(256, math.ceil(1.5 * 2 * math.sqrt(size / math.pi))))
+        floor = [min(b, max(f, side)) for b, f in zip(base, floor)]
     for scale in SCALES:
         patch = _shrink(base, scale, spacing if dims == 3 else [1.0] * dims, floor)
         patch, pools = _divisible(patch, dims)
@@ -340,8 +347,7 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
                 continue
             seen.add(key)
             norm = "instance" if dims == 3 or batch < 4 else "batch"
-            _, flops = model_flops("unet", (batch, channels, *patch), spatial_dims=dims, in_channels=channels,
-                                   num_classes=num_classes, features=features, norm=norm, deep_supervision=True)
+            flops = unet_flops(features, patch, channels, num_classes, batch)
             activation_bytes = 4 * batch * vox * sum(f * 2.0 ** (-dims * i) for i, f in enumerate(features)) * 14
             if activation_bytes > memory:
                 continue
@@ -349,6 +355,25 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
                         "num_classes": num_classes,
                         "flops": 3 * flops, "memory": activation_bytes})
     return out
+
+
+def unet_flops(features: Sequence[int], patch: Sequence[int], in_channels: int, num_classes: int,
+               batch: int = 1) -> float:
+    """Forward FLOPs (multiply and add) of the plain UNet's convolutions: two 3^d convolutions per
+    encoder level, a 2^d up-convolution and two 3^d convolutions per decoder level, a 1x1 head.
+    Norms and activations are left out; the probe's timings absorb them."""
+    dims = len(patch)
+    k3, k2 = 3**dims, 2**dims
+    voxels = [float(np.prod(patch)) / (2**dims) ** i for i in range(len(features))]
+    total, previous = 0.0, in_channels
+    for c, v in zip(features, voxels):
+        total += 2 * k3 * v * (previous * c + c * c)
+        previous = c
+    for i in range(len(features) - 2, -1, -1):
+        c, v = features[i], voxels[i]
+        total += 2 * k2 * voxels[i + 1] * features[i + 1] * c + 2 * k3 * v * (2 * c * c + c * c)
+    total += 2 * voxels[0] * features[0] * max(1, num_classes)
+    return batch * total
 
 
 def _shrink(base: Sequence[int], scale: float, spacing: Sequence[float], floor: Sequence[int]) -> list[int]:
@@ -366,21 +391,31 @@ def _shrink(base: Sequence[int], scale: float, spacing: Sequence[float], floor: 
 
 
 def _price(candidates: list[dict[str, Any]], device: str, probe: bool, budget_s: float, dims: int,
-           channels: int) -> None:
+           channels: int) -> int | None:
     """compute_s per candidate. The cheapest is timed on the device; when the probing allowance
     (4% of the budget, 5-60 s) leaves room, a ~6x dearer one too. The others are predicted as
-    overhead + FLOPs / rate fitted to the timed ones. Without probing a nominal rate is assumed."""
+    overhead + FLOPs / rate fitted to the timed ones. Without probing a nominal rate is assumed.
+    On the CPU the cheapest is also timed with one PyTorch thread: on a machine shared with other
+    jobs that is often several times faster. Returns the thread count to use (None: the default)."""
     flops = np.array([c["flops"] for c in candidates], dtype=np.float64)
     order = [int(i) for i in np.argsort(flops)]
     rate, overhead = (5e12 if device.startswith("cuda") else 5e10), 0.01
     if probe:
         allowance = float(np.clip(0.04 * budget_s, 5.0, 60.0))
-        started = time.monotonic()
         points = []
+        threads = None
+        if not device.startswith("cuda") and torch.get_num_threads() > 1:
+            first = candidates[order[0]]
+            default_s = _time(first, device, dims, channels, max_seconds=allowance / 4)
+            single_s = _time(first, device, dims, channels, max_seconds=allowance / 4, threads=1)
+            threads = 1 if single_s < 0.8 * default_s else None
+            first["threads_tried"] = {"default": default_s, "1": single_s}
+        started = time.monotonic()
         for c in [candidates[order[0]]] + [candidates[i] for i in order if flops[i] >= 4 * flops[order[0]]][:1]:
             if points and time.monotonic() - started + 3 * points[0][1] * c["flops"] / points[0][0] > allowance:
                 break  # the dearer probe would not fit in the allowance
-            c["compute_s"] = _time(c, device, dims, channels, max_seconds=allowance / 2)
+            c["compute_s"] = c["threads_tried"]["1" if threads else "default"] if "threads_tried" in c else \
+                _time(c, device, dims, channels, max_seconds=allowance / 2, threads=threads)
             c["measured"] = True
             points.append((c["flops"], c["compute_s"]))
         if len(points) == 2 and points[1][1] > points[0][1]:
@@ -389,17 +424,21 @@ def _price(candidates: list[dict[str, Any]], device: str, probe: bool, budget_s:
         else:  # one point: assume half of it is per-step overhead (loss, optimiser, Python)
             overhead = 0.5 * points[0][1]
             rate = points[0][0] / max(points[0][1] - overhead, 1e-6)
+    else:
+        threads = None
     for c in candidates:
         c["rate"], c["overhead"] = rate, overhead
         if not c.get("measured"):
             c["compute_s"] = overhead + c["flops"] / rate
+    return threads
 
 
-def _time(c: dict[str, Any], device: str, dims: int, channels: int, max_seconds: float = 20.0) -> float:
+def _time(c: dict[str, Any], device: str, dims: int, channels: int, max_seconds: float = 20.0,
+          threads: int | None = None) -> float:
     from unetkit.planning.probe import time_augmentation, time_step
 
     seconds = time_step(dims, channels, c["num_classes"], c["features"], c["patch"], c["batch"], device=device,
-                        norm=c["norm"], steps=2, max_seconds=max_seconds)
+                        norm=c["norm"], steps=2, max_seconds=max_seconds, threads=threads)
     c["probe_s"] = seconds
     c["augment_s"] = time_augmentation("default", dims, channels, c["patch"], repeats=2)
     return seconds
@@ -441,9 +480,12 @@ def utility(c: dict[str, Any]) -> float:
 
 
 def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The highest utility among candidates with >= MIN_STEPS steps; on a slow device or a short
+    budget, among those within 4x of the most steps any candidate gets."""
     enough = [c for c in candidates if c["steps"] >= MIN_STEPS]
-    if not enough:  # a slow device or a short budget: the most steps
-        return max(candidates, key=lambda c: c["steps_possible"])
+    if not enough:
+        most = max(c["steps_possible"] for c in candidates)
+        enough = [c for c in candidates if c["steps_possible"] >= most / 4]
     return max(enough, key=utility)
 
 

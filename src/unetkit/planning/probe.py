@@ -17,8 +17,21 @@ import torch
 
 def time_step(spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int], patch: Sequence[int],
               batch: int, device: str = "cpu", norm: str = "batch", deep_supervision: bool = True,
-              steps: int = 2, max_seconds: float = 20.0) -> float:
-    """Seconds per training step (forward, backward, optimiser) of a UNet candidate on `device`."""
+              steps: int = 2, max_seconds: float = 20.0, threads: int | None = None) -> float:
+    """Seconds per training step (forward, backward, optimiser) of a UNet candidate on `device`
+    (with `threads` CPU threads for PyTorch, restored afterwards)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _time_step(spatial_dims, in_channels, num_classes, features, patch, batch, device, norm,
+                          deep_supervision, steps, max_seconds)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int], patch: Sequence[int],
+               batch: int, device: str, norm: str, deep_supervision: bool, steps: int, max_seconds: float) -> float:
     from unetkit.losses import DeepSupervisionLoss, create_loss
     from unetkit.models import create_model
 

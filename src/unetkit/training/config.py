@@ -106,6 +106,7 @@ class TrainConfig:
     overlays: int = 3  # validation overlays written per validation
     tensorboard: bool = True
     device: str = "auto"
+    threads: Optional[int] = None  # CPU threads for PyTorch (None: its default); plans time both
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

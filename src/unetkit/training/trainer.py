@@ -77,6 +77,10 @@ class Trainer:
         `fit()` starts); training stops early enough to validate and save before it."""
         self.cfg = config
         self.deadline = deadline
+        if config.threads is not None:  # e.g. 1 on a CPU shared with other jobs (the planner measures it)
+            if config.threads < 1:
+                raise ConfigError(f"'threads' must be a positive number of CPU threads, got {config.threads}")
+            torch.set_num_threads(config.threads)
         device = torch.device(config.device) if config.device != "auto" else None
         self.dist = DistContext.from_env("cuda" if (device or _auto_device()).type == "cuda" else "cpu")
         self.device = self.dist.device(config.device)
