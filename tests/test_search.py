@@ -88,7 +88,8 @@ def test_predictor_recovers_a_linear_cost_model():
     rng = np.random.default_rng(0)
     coef = {"const": 0.002, "dense_gflop": 0.01, "depthwise_gflop": 0.05, "conv_mb": 0.0001, "other_mb": 0.0,
             "ops_100": 0.001}
-    feats = [{k: (1.0 if k == "const" else float(rng.uniform(0.1, 10))) for k in FEATURES} for _ in range(13)]  # LOO fits on 12 = 2 per feature
+    # 13 candidates: every leave-one-out fit has 12, two per feature
+    feats = [{k: (1.0 if k == "const" else float(rng.uniform(0.1, 10))) for k in FEATURES} for _ in range(13)]
     secs = [sum(coef[k] * f[k] for k in FEATURES) for f in feats]
     pred = LatencyPredictor.fit(feats, secs)
     assert all(abs(pred.predict(f) - s) / s < 1e-6 for f, s in zip(feats, secs))
@@ -294,6 +295,11 @@ def test_search_refuses_to_overwrite_or_to_resume_other_settings(tmp_path, fake_
         _search(tmp_path, Fakes(), budget="30s", resume=True, latency="40ms")
     with pytest.raises(ConfigError, match="nothing to resume"):
         _search(tmp_path, Fakes(), resume=True, name="none")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("user data")
+    with pytest.raises(ConfigError, match="not empty"):
+        _search(tmp_path, Fakes(), name="mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
 
 
 def test_relative_latency_budget_is_a_fraction_of_the_demo_unet(tmp_path, fake_plan):

@@ -3,7 +3,8 @@
     from unetkit.search import search
     result = search("dsb2018-nuclei", latency="30ms", input_size=(512, 512), budget="10m")
 
-The package itself is callable: `unetkit.search(...)` is `unetkit.search.search(...)`. Parts: `space` (genes over the registry's models),
+The package itself is callable: `unetkit.search(...)` is `unetkit.search.search(...)`.
+Parts: `space` (genes over the registry's models),
 `latency` (measuring, the per-device cache, the predictor), `engine` (the resumable evolution),
 `proxy` (short training through `unetkit.training.train`), `pareto` (front table and figure).
 """

@@ -176,9 +176,11 @@ def search(
     parse_duration(train_budget, "--train-budget")
     proxy = ProxySettings(int(proxy_steps), int(proxy_batch), int(patch_size), seed=int(seed))
     identity = {"data": asdict(source), "latency": str(latency), "device": device, "precision": precision,
-                "batch": int(batch), "input": list(size), "repeats": int(repeats), "threads": int(threads), "proxy": asdict(proxy),
-                "families": space.families, "grid": int(grid), "population": int(population), "seed": int(seed)}
+                "batch": int(batch), "input": list(size), "repeats": int(repeats), "threads": int(threads),
+                "proxy": asdict(proxy), "families": space.families, "grid": int(grid), "population": int(population),
+                "seed": int(seed)}
     state = SearchState(out / STATE_FILE, identity, resume)  # refuses to overwrite a previous search
+    state.save()  # from here on the folder is a search that --resume continues
 
     # ---- the data plan (channels, classes, normalisation, split, recipe) ----------------------
     log(f"planning the data ({source.describe()}) ...")

@@ -1,8 +1,8 @@
 """The search loop: latency grid -> predictor -> regularised evolution with proxy training.
 
 1. Grid: the registry's hand-picked small models, the smallest point of each family, and candidates
-   spread over the space's range of FLOPs are measured on the target (through the per-device cache) and the latency predictor is
-   fitted; its leave-one-out error on these measured candidates is reported.
+   spread over the space's range of FLOPs are measured on the target (through the per-device
+   cache) and the latency predictor is fitted; its leave-one-out error on them is reported.
 2. Evolution (Real et al., AAAI 2019, "regularised evolution"): a population of the last
    `population` trained candidates; each step takes the best of `tournament` random members,
    mutates one gene (or the family), and evaluates the child. Evaluation: predicted latency over
@@ -11,8 +11,8 @@
    predictor; the error of each prediction made before its measurement is kept too.
 3. It stops when the time budget would be exceeded by one more proxy training.
 
-Resumable: the search is a deterministic function of its seed and of the outcomes recorded in the
-state file; a resumed search replays the recorded outcomes (no measuring, no training) and goes
+Resumable: the search is a deterministic function of its seed and of the outcomes recorded in
+the state file; a resumed search replays the recorded outcomes (no measuring, no training) and goes
 on from the first candidate without one, with the time already spent counted.
 """
 from __future__ import annotations
@@ -88,6 +88,8 @@ class SearchState:
         elif self.path.exists():
             raise ConfigError(f"{self.path.parent} already holds a search; pass --resume to continue it "
                               "or choose another output folder")
+        elif self.path.parent.is_dir() and any(self.path.parent.iterdir()):
+            raise ConfigError(f"{self.path.parent} exists and is not empty; choose a new output folder")
 
     def save(self, extra: dict[str, Any] | None = None) -> None:
         data = {"version": STATE_VERSION, "identity": self.identity, "elapsed_s": round(self.elapsed_s, 3),
