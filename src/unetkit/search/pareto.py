@@ -64,7 +64,7 @@ def plot_front(records: Sequence[dict[str, Any]], budget_s: float, path: str | P
     ax.set_ylabel("validation Dice (proxy training)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, overwrite=True) as tmp:
