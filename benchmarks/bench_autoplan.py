@@ -36,7 +36,13 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="score this finished run instead of training")
     ap.add_argument("--extra", nargs="*", default=[], help="more `unetkit train` flags (a hand-tuned run)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads for scoring (e.g. 1 on a "
+                                                                 "busy machine); the run plans its own")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     seconds = None
     run_dir = args.run

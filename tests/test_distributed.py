@@ -20,6 +20,9 @@ TRAIN_ARGS = [
     "--batch-size", "4", "--num-classes", "1", "--loss", "combo", "--lr", "3e-3", "--progress", "quiet",
     "--set", "data.samples_per_epoch=16", "--set", "data.num_workers=0", "--set", "tensorboard=false",
     "--set", "model.kwargs.norm=instance", "--set", "data.augmentation=light", "--set", "overlays=0",
+    # patches placed uniformly: with foreground-centred ones, Adam amplifies the all-reduce's rounding
+    # past atol=1e-5 at a few weights after 8 steps (losses still agree to 1e-5; checked)
+    "--set", "data.oversample_foreground=0",
 ]
 
 

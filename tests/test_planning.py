@@ -179,3 +179,29 @@ def test_train_with_images_only_plans_then_applies_overrides(tmp_path, monkeypat
     assert cfg.model.kwargs["features"] == [4, 8] and cfg.max_minutes == 2
     history = json.loads((tmp_path / "auto" / "report.json").read_text())
     assert history["validation"] is True and history["best_epoch"] == 1
+
+
+def test_fast_device_gets_nnunet_scale_slow_device_gets_small_patches(tmp_path, monkeypatch) -> None:
+    import unetkit.planning.planner as planner
+
+    _rgb_folder(tmp_path / "d", n=4, size=(256, 256))
+    speed = {"flops_per_s": 0.0}
+
+    def fake_time(c, *args, **kwargs):  # a device of a given speed, 10 ms per step of overhead
+        c["augment_s"] = 0.0
+        return 0.01 + c["flops"] / speed["flops_per_s"]
+
+    monkeypatch.setattr(planner, "_time", fake_time)
+    speed["flops_per_s"] = 1e14  # a big GPU, an hour
+    fast = plan(tmp_path / "d", budget="60m", device="cpu", memory="64G")
+    speed["flops_per_s"] = 2e9  # a slow, busy CPU, 3 minutes
+    slow = plan(tmp_path / "d", budget="3m", device="cpu", memory="64G")
+    nnunet = nnunet_patch([256, 256], [1.0, 1.0], 2)
+    assert fast.config.data.patch_size == nnunet and fast.config.model.kwargs["features"][0] == 32
+    assert np.prod(slow.config.data.patch_size) < np.prod(nnunet)
+    assert slow.config.model.kwargs["features"][0] < 32
+    for p in (fast, slow):  # the iterations fill the budget at the timed speed, not more
+        chosen = next(c for c in p.candidates if c["patch"] == p.config.data.patch_size
+                      and c["features"] == p.config.model.kwargs["features"])
+        assert p.config.epochs * p.config.data.samples_per_epoch / p.config.data.batch_size * chosen["step_s"] \
+            <= 60 * p.budget_minutes

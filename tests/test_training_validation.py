@@ -50,10 +50,22 @@ def _config(tmp_path, data, dims: int, **overrides) -> TrainConfig:
 
 def test_region_split_holds_out_the_far_end_of_the_longest_axis() -> None:
     split = region_split((40, 56), 0.25)
-    assert split == {"axis": 1, "train": [[0, 40], [0, 42]], "val": [[0, 40], [42, 56]]}
+    assert split == {"axis": 1, "side": "far", "train": [[0, 40], [0, 42]], "val": [[0, 40], [42, 56]]}
     assert region_split((48, 512, 512), 0.3)["val"] == [[0, 48], [0, 512], [358, 512]]  # ties: last axis
     with pytest.raises(ConfigError, match="val_fraction"):
         region_split((10, 10), 0.0)
+
+
+def test_region_split_with_a_mask_holds_out_foreground_on_both_sides() -> None:
+    mask = np.zeros((40, 100), bool)
+    mask[5:10, 2:30] = True  # objects only on the left: the default far-right slab would hold none
+    mask[30:35, 2:30] = True
+    split = region_split(mask.shape, 0.2, mask)
+    box = tuple(slice(a, b) for a, b in split["val"])
+    train = tuple(slice(a, b) for a, b in split["train"])
+    assert mask[box].any() and mask[train].any()
+    assert (split["axis"], split["side"]) == (0, "far")  # rows 32..40 hold 3/10 of the foreground
+    assert region_split(mask.shape, 0.2, np.zeros_like(mask))["val"] == [[0, 40], [80, 100]]  # no fg: default
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -62,7 +74,10 @@ def test_single_image_or_volume_folder_validates_on_a_held_out_region(tmp_path, 
     cfg = _config(tmp_path, tmp_path / "data", dims)
     result = train(cfg)
     fold = json.loads((result.run_dir / "splits.json").read_text())["folds"][0]
-    expected = region_split(shape, cfg.data.val_fraction)
+    from unetkit.data.io import read_labels
+
+    mask = read_labels(next((tmp_path / "data" / "masks").iterdir()), dims) > 0
+    expected = region_split(shape, cfg.data.val_fraction, mask)
     assert fold["regions"] == {"train": {"one": expected["train"]}, "val": {"one": expected["val"]}}
     # validation measured something real, every epoch; the best model exists because it was measured
     assert all(np.isfinite(row["val_loss"]) and 0.0 <= row["val_dice"] <= 1.0 for row in result.history)
@@ -71,10 +86,12 @@ def test_single_image_or_volume_folder_validates_on_a_held_out_region(tmp_path, 
     train_set, val_set, _ = build_datasets(cfg, tmp_path / "again")
     val_shape = [b - a for a, b in expected["val"]]
     assert list(val_set[0]["image"].shape[1:]) == val_shape
-    axis, cut = expected["axis"], expected["val"][expected["axis"]][0]
-    for i in range(40):
+    axis, (lo, hi) = expected["axis"], expected["val"][expected["axis"]]
+    train_lo = expected["train"][axis][0]
+    for i in range(40):  # corners are relative to the training region
         corner = [int(v) for v in train_set[i]["name"].split("@")[1].split(",")]
-        assert corner[axis] + cfg.data.patch_size[axis] <= cut
+        start, stop = train_lo + corner[axis], train_lo + corner[axis] + cfg.data.patch_size[axis]
+        assert stop <= lo or start >= hi
 
 
 def test_monitor_that_does_not_exist_fails_before_any_epoch(tmp_path) -> None:
@@ -117,3 +134,11 @@ def test_a_spent_budget_stops_after_one_step_then_validates_and_keeps_the_best(t
     assert math.isfinite(result.history[0]["val_loss"])  # ... after validating what it had
     assert (tmp_path / "t" / "best.safetensors").is_file()
     assert json.loads((tmp_path / "t" / "report.json").read_text())["stopped_by_budget"] is True
+
+
+def test_in_channels_that_do_not_match_the_images_fail_before_training(tmp_path) -> None:
+    _single_case_folder(tmp_path / "data", 2)  # grey images
+    cfg = _config(tmp_path, tmp_path / "data", 2, **{"model.in_channels": 3})
+    with pytest.raises(ConfigError, match=r"have 1 channel\(s\) but model.in_channels is 3"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

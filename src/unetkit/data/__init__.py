@@ -5,10 +5,11 @@ Submodules (import the one you need):
     normalize   normalize_image, default_spec
     folder      find_pairs (images <-> masks by stem, multi-modal cases)
     dataset     SegmentationDataset (2D folders)
-    volume      VolumeDataset (3D patches, foreground oversampling, resampling)
+    patches     PatchDataset (2D/3D patches, foreground oversampling, regions), WholeCases
+    volume      VolumeDataset (PatchDataset for 3D), resample
     tiles       RandomTileDataset (random crops of one large image)
     checks      check_dataset -> CheckReport
-    splits      make_split, make_kfold, save_splits, load_splits
+    splits      make_split, make_kfold, region_split, save_splits, load_splits
     augment     build_augmentation (presets none/light/default/heavy, 2D and 3D)
     sampling    class_weights, rare_class_sampler
     loader      make_loader

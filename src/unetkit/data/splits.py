@@ -88,24 +88,47 @@ def _unique(names: Sequence[str]) -> list[str]:
     return out
 
 
-def region_split(shape: Sequence[int], val_fraction: float = 0.2) -> dict[str, Any]:
-    """Split ONE image or volume by region: the far `val_fraction` of its longest axis (the last
-    axis on ties) is held out for validation, the rest is for training.
+def region_split(shape: Sequence[int], val_fraction: float = 0.2, mask: np.ndarray | None = None) -> dict[str, Any]:
+    """Split ONE image or volume by region: a slab of `val_fraction` of one axis, at one end, is held
+    out for validation, the rest is for training.
 
-    Returns `{"axis": a, "train": box, "val": box}` with boxes `[[start, stop], ...]` per spatial
-    axis (half-open). A 2D image of width W is split at x = round(W * (1 - val_fraction)), as the demo
-    does. Used for single-image/volume folders and single-image sample datasets.
+    Without `mask`: the far end of the longest axis (the last axis on ties); a 2D image of width W
+    is split at x = round(W * (1 - val_fraction)), as the demo does. With `mask` (the labels, `*S`):
+    among both ends of every axis, the slab whose share of the foreground is closest to
+    `val_fraction` while leaving foreground on both sides (so validation measures something and
+    training sees objects); the default slab when no slab does. Returns `{"axis", "side": "far" |
+    "near", "train": box, "val": box}`, boxes `[[start, stop], ...]` per spatial axis (half-open).
     """
     if not 0 < val_fraction < 1:
         raise ConfigError(f"a single image or volume is split by region: val_fraction must be in (0, 1), "
                           f"got {val_fraction}")
     shape = [int(s) for s in shape]
-    axis = max(range(len(shape)), key=lambda a: (shape[a], a))
-    cut = int(round(shape[axis] * (1 - val_fraction)))
-    if not 0 < cut < shape[axis]:
+    longest = max(range(len(shape)), key=lambda a: (shape[a], a))
+    choice = (longest, "far")
+    if mask is not None and np.any(mask):
+        fg = np.asarray(mask) > 0
+        total = float(fg.sum())
+        best = None
+        for axis in sorted(range(len(shape)), key=lambda a: (-shape[a], -a)):
+            profile = fg.sum(axis=tuple(i for i in range(fg.ndim) if i != axis)).astype(np.float64)
+            n = int(round(shape[axis] * val_fraction))
+            if not 0 < n < shape[axis]:
+                continue
+            for side in ("far", "near"):
+                share = float(profile[-n:].sum() if side == "far" else profile[:n].sum()) / total
+                if 0 < share < 1 and (best is None or abs(share - val_fraction) < best[0] - 1e-9):
+                    best = (abs(share - val_fraction), axis, side)
+        if best is not None:
+            choice = best[1:]
+    axis, side = choice
+    n_val = shape[axis] - int(round(shape[axis] * (1 - val_fraction)))
+    if not 0 < n_val < shape[axis]:
         raise DataError(f"an image of size {'x'.join(map(str, shape))} is too small to hold out "
                         f"{val_fraction:.0%} of it for validation")
     train = [[0, s] for s in shape]
     val = [[0, s] for s in shape]
-    train[axis], val[axis] = [0, cut], [cut, shape[axis]]
-    return {"axis": axis, "train": train, "val": val}
+    if side == "far":
+        train[axis], val[axis] = [0, shape[axis] - n_val], [shape[axis] - n_val, shape[axis]]
+    else:
+        train[axis], val[axis] = [n_val, shape[axis]], [0, n_val]
+    return {"axis": axis, "side": side, "train": train, "val": val}

@@ -326,7 +326,9 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
     total_voxels = sum(int(np.prod(c["shape"])) for c in fp.cases)
     seen: set[tuple] = set()
     out = []
-    floor = [min(b, 32 if dims == 2 else 16) for b in base]  # smaller patches see too little context
+    fine = min(spacing) if dims == 3 else 1.0  # 3D: thick axes (spacing > 2x the finest) may go to 16 voxels
+    floor = [min(b, 16 if dims == 3 and sp > 2 * fine else 32) for b, sp in zip(base, spacing if dims == 3 else
+                                                                            [1.0] * dims)]
     size = fp.objects.get("size_median")
     if dims == 2 and size:  # a 2D patch spans 1.5 typical objects (their equivalent diameter), up to 256 px
         side = int(min(256, math.ceil(1.5 * 2 * math.sqrt(size / math.pi))))
@@ -348,11 +350,12 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
             seen.add(key)
             norm = "instance" if dims == 3 or batch < 4 else "batch"
             flops = unet_flops(features, patch, channels, num_classes, batch)
+            params = unet_params(features, dims, channels, num_classes)
             activation_bytes = 4 * batch * vox * sum(f * 2.0 ** (-dims * i) for i, f in enumerate(features)) * 14
             if activation_bytes > memory:
                 continue
             out.append({"patch": patch, "features": features, "batch": batch, "norm": norm, "scale": scale,
-                        "num_classes": num_classes,
+                        "num_classes": num_classes, "params": params,
                         "flops": 3 * flops, "memory": activation_bytes})
     return out
 
@@ -376,6 +379,19 @@ def unet_flops(features: Sequence[int], patch: Sequence[int], in_channels: int, 
     return batch * total
 
 
+def unet_params(features: Sequence[int], dims: int, in_channels: int, num_classes: int) -> float:
+    """Convolution weights of the plain UNet (as `unet_flops` counts them; norms and biases left out)."""
+    k3, k2 = 3**dims, 2**dims
+    total, previous = 0.0, in_channels
+    for c in features:
+        total += k3 * (previous * c + c * c)
+        previous = c
+    for i in range(len(features) - 2, -1, -1):
+        c = features[i]
+        total += k2 * features[i + 1] * c + k3 * 3 * c * c
+    return total + features[0] * max(1, num_classes)
+
+
 def _shrink(base: Sequence[int], scale: float, spacing: Sequence[float], floor: Sequence[int]) -> list[int]:
     """Shrink the patch to scale^dims of its voxels, the physically longest axis first (nnU-Net's
     way), no axis below `floor`."""
@@ -392,8 +408,8 @@ def _shrink(base: Sequence[int], scale: float, spacing: Sequence[float], floor: 
 
 def _price(candidates: list[dict[str, Any]], device: str, probe: bool, budget_s: float, dims: int,
            channels: int) -> int | None:
-    """compute_s per candidate. The cheapest is timed on the device; when the probing allowance
-    (4% of the budget, 5-60 s) leaves room, a ~6x dearer one too. The others are predicted as
+    """compute_s per candidate. The cheapest is timed on the device, and the next with >= 4x its FLOPs
+    unless that would take far longer than the probing allowance (4% of the budget, 5-60 s). The others are predicted as
     overhead + FLOPs / rate fitted to the timed ones. Without probing a nominal rate is assumed.
     On the CPU the cheapest is also timed with one PyTorch thread: on a machine shared with other
     jobs that is often several times faster. Returns the thread count to use (None: the default)."""
@@ -410,10 +426,11 @@ def _price(candidates: list[dict[str, Any]], device: str, probe: bool, budget_s:
             single_s = _time(first, device, dims, channels, max_seconds=allowance / 4, threads=1)
             threads = 1 if single_s < 0.8 * default_s else None
             first["threads_tried"] = {"default": default_s, "1": single_s}
-        started = time.monotonic()
         for c in [candidates[order[0]]] + [candidates[i] for i in order if flops[i] >= 4 * flops[order[0]]][:1]:
-            if points and time.monotonic() - started + 3 * points[0][1] * c["flops"] / points[0][0] > allowance:
-                break  # the dearer probe would not fit in the allowance
+            # the second point tells per-step overhead from per-voxel cost: it is taken unless its
+            # warm-up + step, guessed as half overhead and half compute, exceeds 3x the allowance
+            if points and 2 * points[0][1] * (0.5 + 0.5 * c["flops"] / points[0][0]) > 3 * allowance:
+                break
             c["compute_s"] = c["threads_tried"]["1" if threads else "default"] if "threads_tried" in c else \
                 _time(c, device, dims, channels, max_seconds=allowance / 2, threads=threads)
             c["measured"] = True
@@ -460,13 +477,14 @@ def _schedule(c: dict[str, Any], train_s: float, val_voxels: float, fp: Fingerpr
         c["step_s"] = max(c["compute_s"], data_s / max(1, workers))
     else:  # the loader's workers share the CPU cores with the model
         c["step_s"] = c["compute_s"] + data_s / (workers + 1)
+    save_s = 32 * c["params"] / 100e6  # per epoch: model files and checkpoints with Adam's moments, ~100 MB/s
     forward_per_voxel = c["flops"] / 3 / (c["batch"] * vox) / c["rate"]  # (sliding windows overlap: x2)
     c["val_s"] = 2.0 * val_voxels * forward_per_voxel + c["overhead"] * max(1, round(0.2 * fp.num_cases))
     steps = train_s / c["step_s"]
     epochs = int(np.clip(steps // 100, min(4, max(1, int(steps))), 20))
     validations = int(np.clip(0.15 * train_s // max(c["val_s"], 1e-6), 1, epochs))
     val_every = int(math.ceil(epochs / validations))
-    spent_on_val = math.ceil(epochs / val_every) * c["val_s"]
+    spent_on_val = math.ceil(epochs / val_every) * c["val_s"] + epochs * save_s
     steps = max(0.0, (train_s - spent_on_val) / c["step_s"])
     c["epochs"], c["val_every"], c["steps_possible"] = epochs, val_every, steps
     c["steps_per_epoch"] = max(1, int(steps // epochs))
@@ -485,6 +503,8 @@ def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     enough = [c for c in candidates if c["steps"] >= MIN_STEPS]
     if not enough:
         most = max(c["steps_possible"] for c in candidates)
+        if most < 1:  # nothing fits: the cheapest, so that at least something trains
+            return min(candidates, key=lambda c: c["step_s"] + c["val_s"])
         enough = [c for c in candidates if c["steps_possible"] >= most / 4]
     return max(enough, key=utility)
 

@@ -46,7 +46,7 @@ class DataConfig:
     weight_map: bool = False  # the original U-Net boundary weight maps
     weight_map_w0: float = 10.0
     weight_map_sigma: float = 5.0
-    samples_per_epoch: Optional[int] = None  # random patches per epoch for patch datasets
+    samples_per_epoch: Optional[int] = None  # patches per epoch (2D and 3D); None: one per case (3D: 4), >= a batch
     oversample_foreground: float = 0.33
 
 

@@ -10,7 +10,7 @@ Data sources (config.data):
   recorded in the run's splits.json; 2D images and 3D volumes are sampled as patches with foreground
   oversampling (`samples_per_epoch` patches an epoch);
 - a folder holding ONE image or volume, or a single-image sample dataset (dsb2018-nuclei): split
-  by region, the far `val_fraction` of its longest axis held out (`unetkit.data.splits.region_split`);
+  by region, a slab of `val_fraction` holding foreground held out (`unetkit.data.splits.region_split`);
 - a sample dataset by name (`dataset`): written once as a folder inside the run directory, then as
   above.
 An empty validation set is an error unless `no_val` (train on everything, keep the last model).
@@ -124,6 +124,11 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None, num_classes=num_classes,
                            mask_kind=data.mask_kind, spatial_dims=dims, scan=scan)
     report.raise_if_problems()  # training refuses data with problems, with check-data's table
+    channels = report.stats.get("channels") or []
+    if channels and config.model.in_channels != channels[0]:
+        raise ConfigError(f"{images}: the images have {channels[0]} channel(s) but model.in_channels is "
+                          f"{config.model.in_channels}; set --in-channels {channels[0]} (a planned run, "
+                          "`unetkit train --images DIR` alone, takes it from the data)")
     names = [c.name for c in scan.pairs]
     meta = {"dataset_stats": {k: report.stats.get(k) for k in ("intensity", "class_frequency", "spacing_median")
                               if k in report.stats}}
@@ -135,7 +140,11 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     elif data.fold is not None:
         split = make_kfold(names, data.num_folds, config.seed)[data.fold]
     elif len(names) == 1 and not config.no_val and data.val_fraction > 0:
-        return region_datasets(config, scan, names[0], report.stats["size_min"], meta, splits_path, images)
+        from unetkit.data.io import read_labels
+
+        labels = read_labels(scan.pairs[0].mask, dims)  # the held-out slab should hold foreground
+        return region_datasets(config, scan, names[0], report.stats["size_min"], meta, splits_path, images,
+                               mask=labels > 0)
     else:
         split = make_split(names, 0.0 if config.no_val else data.val_fraction, config.seed)
     if "regions" in split:  # a region split recorded in splits.json (resume, or a given split file)
@@ -155,16 +164,17 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
 
 def region_datasets(config: TrainConfig, source: Any, name: str, shape: Any, meta: dict,
                     splits_path: Path | None = None, images: Path | None = None,
-                    regions: dict | None = None) -> tuple[Dataset, Dataset, dict]:
+                    regions: dict | None = None, mask: Any = None) -> tuple[Dataset, Dataset, dict]:
     """One image or volume (a folder of one case, or a single-image sample dataset) split by region:
-    random patches from the training region, the held-out region (the far `val_fraction` of the
-    longest axis, see `unetkit.data.splits.region_split`) validated whole."""
+    random patches from the training region, the held-out slab (`val_fraction` of one axis, holding
+    its share of the foreground when `mask` is given; see `unetkit.data.splits.region_split`)
+    validated whole."""
     from unetkit.data.patches import PatchDataset, WholeCases
     from unetkit.data.splits import region_split, save_splits
 
     data = config.data
     if regions is None:
-        split = region_split(shape, data.val_fraction)
+        split = region_split(shape, data.val_fraction, mask)
         regions = {"train": {name: split["train"]}, "val": {name: split["val"]}}
         if splits_path is not None:
             save_splits(splits_path, {"train": [name], "val": [name], "regions": regions}, seed=config.seed,

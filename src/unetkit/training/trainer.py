@@ -118,6 +118,7 @@ class Trainer:
                 raise ConfigError(f"monitor '{config.monitor}' is not a validation metric; available: "
                                   f"{', '.join(sorted(available))}")
         self._val_seconds = 0.0  # how long the last validation took (kept free at the end of a budget)
+        self._save_seconds = 0.0  # how long the last end-of-epoch saving took (likewise)
         self._out_of_time = False
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         steps_per_epoch = math.ceil(len(self.train_loader) / config.accumulate)
@@ -197,7 +198,9 @@ class Trainer:
                     stopped_early = self._track_best(epoch, metrics)
                 self.epoch = epoch
                 self.history.append(row)
+                started = time.monotonic()
                 self._end_epoch(row)
+                self._save_seconds = time.monotonic() - started
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, row)
                 out_of_steps = cfg.max_steps is not None and self.step >= cfg.max_steps
@@ -247,7 +250,7 @@ class Trainer:
                 cb.on_step_end(self, self.step, loss)
             if cfg.max_steps is not None and self.step >= cfg.max_steps:
                 break
-            if last_micro and self._time_left(self._val_seconds) <= 0:  # keep time to validate and save
+            if last_micro and self._time_left(self._val_seconds + self._save_seconds) <= 0:  # validate, save
                 self._out_of_time = True
                 break
             t0 = time.perf_counter()
