@@ -6,10 +6,9 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+local"
 
-from unetkit.models import create_model, list_models, register_model  # noqa: E402
+from unetkit.models import create_model, list_models, load_pretrained, register_model  # noqa: E402
 from unetkit.io.checkpoint import load_model, save_model  # noqa: E402
 from unetkit import search  # noqa: E402  (a callable package: unetkit.search(...) runs a search)
-
 
 
 def plan(data, **options):
@@ -36,4 +35,4 @@ def train(config_or_data=None, *, resume=None, **options):
 
 
 __all__ = ["__version__", "create_model", "list_models", "register_model", "load_model", "save_model", "plan",
-           "train", "search"]
+           "train", "search", "load_pretrained"]

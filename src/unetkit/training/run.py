@@ -18,6 +18,7 @@ An empty validation set is an error unless `no_val` (train on everything, keep t
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,11 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     from unetkit.data.splits import get_fold, make_kfold, make_split, save_splits
 
     data, dims = config.data, config.model.spatial_dims
-    num_classes = max(2, config.model.num_classes)
     scan = scan_folder(images, masks, data.mask_suffix or None)
-    report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None, num_classes=num_classes,
+    # model.num_classes 1 (the default) lets the masks decide: a class label map with K > 2 values
+    # builds a K-class model (data.mask_kind=binary merges all labels into one foreground instead)
+    report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None,
+                           num_classes=config.model.num_classes if config.model.num_classes > 1 else None,
                            mask_kind=data.mask_kind, spatial_dims=dims, scan=scan)
     report.raise_if_problems()  # training refuses data with problems, with check-data's table
     channels = report.stats.get("channels") or []
@@ -129,6 +132,14 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
         raise ConfigError(f"{images}: the images have {channels[0]} channel(s) but model.in_channels is "
                           f"{config.model.in_channels}; set --in-channels {channels[0]} (a planned run, "
                           "`unetkit train --images DIR` alone, takes it from the data)")
+    mask_kind = report.stats["mask_kind"]  # decided once, for the training and the validation set
+    if config.model.num_classes <= 1 and mask_kind == "classes" and report.stats["num_classes"] > 2:
+        config.model.num_classes = int(report.stats["num_classes"])
+        print(f"model.num_classes={config.model.num_classes} from the masks ({report.stats['mask_kind_reason']})",
+              file=sys.stderr)
+        if not resuming:
+            config.to_yaml(run_dir / "config.yaml")
+    num_classes = max(2, config.model.num_classes)
     names = [c.name for c in scan.pairs]
     meta = {"dataset_stats": {k: report.stats.get(k) for k in ("intensity", "class_frequency", "spacing_median")
                               if k in report.stats}}
@@ -153,7 +164,7 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     if not resuming:
         save_splits(splits_path, split, seed=config.seed, overwrite=True, source=str(images), fold=data.fold)
 
-    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": data.mask_kind}
+    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": mask_kind}
     transform = _augmentation(config)
     weight = _weight_map_fn(config)
     # patches with foreground oversampling, 2D and 3D: an epoch is samples_per_epoch patches
