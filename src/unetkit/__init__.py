@@ -8,7 +8,7 @@ except PackageNotFoundError:  # running from a source tree
 
 from unetkit.models import create_model, list_models, load_pretrained, register_model  # noqa: E402
 from unetkit.io.checkpoint import load_model, save_model  # noqa: E402
-
+from unetkit import search  # noqa: E402  (a callable package: unetkit.search(...) runs a search)
 
 
 def plan(data, **options):
@@ -35,4 +35,4 @@ def train(config_or_data=None, *, resume=None, **options):
 
 
 __all__ = ["__version__", "create_model", "list_models", "register_model", "load_model", "save_model",
-           "load_pretrained", "plan", "train"]
+           "load_pretrained", "plan", "train", "search"]
