@@ -1,4 +1,9 @@
-"""`unetkit predict`: a model file and images (files, folders, globs) -> masks, overlays, measurements."""
+"""`unetkit predict`: a model file and images (files, folders, globs) -> masks, overlays, measurements.
+
+Under `torchrun --nproc_per_node N -m unetkit.cli.main predict ...` the input list is split across
+the N processes (gloo on the CPU, NCCL on GPUs), each writes its own files' outputs, and process 0
+writes the one counts.csv.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,26 +33,39 @@ def register(app: typer.Typer) -> None:
         fill: bool = typer.Option(False, "--fill-holes", help="Fill holes inside objects."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         skip_errors: bool = typer.Option(False, "--skip-errors", help="Report bad files and go on."),
+        resume: bool = typer.Option(False, "--resume", help="Skip images whose outputs all exist (continue "
+                                    "an interrupted run); redo images with only some outputs."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     ) -> None:
         """Predict masks for images with a trained model file."""
         from unetkit.inference.predictor import Predictor
+        from unetkit.training.distributed import DistContext
 
         with user_errors():
             overrides = {} if threshold is None else {"threshold": threshold}
             roi_size = (roi[0] if len(roi) == 1 else tuple(roi)) if roi else None
-            predictor = Predictor.from_checkpoint(checkpoint, device=device, roi_size=roi_size, overlap=overlap,
-                                                  tta=tta, batch_size=batch_size, **overrides)
-            results = predictor.predict_paths(inputs, out, skip_errors=skip_errors, progress=True,
-                                              save_probabilities=probabilities, overlay=not no_overlay,
-                                              overwrite=overwrite, measure=measure, min_size=min_size,
-                                              fill=fill, split=split)
+            ctx = DistContext.from_env(DistContext().device(device).type)  # under torchrun: shard the inputs
+            try:
+                predictor = Predictor.from_checkpoint(checkpoint, device=str(ctx.device(device)), roi_size=roi_size,
+                                                      overlap=overlap, tta=tta, batch_size=batch_size, **overrides)
+                results = predictor.predict_paths(inputs, out, skip_errors=skip_errors, progress=True, resume=resume,
+                                                  dist=ctx, save_probabilities=probabilities,
+                                                  overlay=not no_overlay, overwrite=overwrite, measure=measure,
+                                                  min_size=min_size, fill=fill, split=split)
+            finally:
+                ctx.close()
+        if not ctx.is_main:
+            return
         failed = [r for r in results if "error" in r]
         for r in results:
             if "error" in r:
                 typer.echo(f"error: {r['error']}", err=True)
             elif "counts" in r:
                 typer.echo(f"{r['image'].name}: {r['counts']['total']} object(s)")
-        typer.echo(f"{len(results) - len(failed)} image(s) predicted into {out}")
+        skipped = sum(1 for r in results if r.get("skipped"))
+        typer.echo(f"{len(results) - len(failed) - skipped} image(s) predicted into {out}"
+                   + (f" ({skipped} already done, skipped)" if skipped else "")
+                   + (f" by {ctx.world_size} processes" if ctx.enabled else ""))
         if failed:
             raise typer.Exit(1)
+
