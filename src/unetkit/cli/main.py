@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "unetkit.cli.export_cmd",
     "unetkit.cli.bench_cmd",
     "unetkit.cli.paradigms_cmd",
+    "unetkit.cli.serve_cmd",
 ]
 
 
