@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         """Serve models: a web page at / and an HTTP API (/models, /predict/MODEL, /jobs)."""
         try:
             import fastapi  # noqa: F401
-            import multipart  # noqa: F401
+            import python_multipart  # noqa: F401
             import uvicorn  # noqa: F401
         except ImportError as err:
             fail(f"serving needs the 'serve' extra ({err.name} is missing): pip install 'unetkit[serve]'")

@@ -101,7 +101,7 @@ def load_models(specs: Sequence[str], device: str = "auto", batch_size: int = 4)
     """Load every model once (safetensors: no code runs) and describe it for `/models`."""
     served: dict[str, ServedModel] = {}
     for name, path in parse_specs(specs):
-        predictor = Predictor.from_checkpoint(path, device=device, batch_size=batch_size)
+        predictor = Predictor.from_checkpoint(path, device=device, batch_size=batch_size, source=name)
         meta = predictor.model.unetkit_meta
         info = {
             "name": name, "file": path.name, "sha256": file_sha256(path), "arch": meta.get("arch"),
