@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         max_pixels: int = typer.Option(2**27, "--max-pixels", help="Largest image, pixels x slices x channels."),
         max_queue: int = typer.Option(16, "--max-queue", help="Predictions that may wait (503 beyond)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+        threads: Optional[int] = typer.Option(None, help="Torch threads (default: CPU cores / workers)."),
     ) -> None:
         """Serve models: a web page at / and an HTTP API (/models, /predict/MODEL, /jobs)."""
         try:
@@ -33,4 +34,4 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             run(models, host=host, port=port, workers=workers, api_key=api_key, max_upload=max_upload,
-                max_pixels=max_pixels, max_queue=max_queue, device=device)
+                max_pixels=max_pixels, max_queue=max_queue, device=device, threads=threads)

@@ -49,8 +49,13 @@ def check_bind(host: str, api_key: str | None) -> str | None:
 
 def serve(models: Sequence[str], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           api_key: str | None = None, max_upload: str | int = "256M", max_pixels: int = 2**27,
-          max_queue: int = 16, device: str = "auto", log_level: str = "info") -> None:
-    """Serve `models` (model files, run folders or NAME=PATH) until interrupted."""
+          max_queue: int = 16, device: str = "auto", threads: int | None = None, log_level: str = "info") -> None:
+    """Serve `models` (model files, run folders or NAME=PATH) until interrupted.
+
+    `threads`: torch intra-op threads (default: the CPU cores divided among the `workers`, so
+    concurrent predictions do not oversubscribe the machine).
+    """
+    import torch
     import uvicorn
 
     from unetkit.serve.app import ServeConfig, create_app
@@ -61,6 +66,9 @@ def serve(models: Sequence[str], host: str = "127.0.0.1", port: int = 8000, work
         raise ConfigError("--workers and --max-pixels must be >= 1 and --max-queue >= 0")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a port number")
+    if threads is not None and threads < 1:
+        raise ConfigError("--threads must be >= 1")
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
     config = ServeConfig(max_upload=parse_size(max_upload), max_pixels=int(max_pixels), workers=workers,
                          max_queue=max_queue, api_key=api_key, device=device)
     app = create_app(models, config)
