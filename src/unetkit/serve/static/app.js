@@ -100,7 +100,7 @@ async function predictFile(file) {
   const card = $("#card-template").content.firstElementChild.cloneNode(true);
   $("#results").prepend(card);
   $(".file-name", card).textContent = file.name;
-  $(".file-meta", card).textContent = `${(file.size / 1024).toFixed(0)} KiB · ${$("#model").value}`;
+  $(".file-meta", card).textContent = `${formatBytes(file.size)} · ${$("#model").value}`;
   if (state.limits && file.size > state.limits.max_upload) {
     return fail(card, 413, `${file.name}: ${file.size.toLocaleString()} bytes is over this server's limit of ` +
       `${state.limits.max_upload.toLocaleString()} bytes`);
@@ -121,6 +121,12 @@ async function predictFile(file) {
   } catch (err) {
     fail(card, err.status, err.message);
   }
+}
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} bytes`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 function fail(card, status, message) {
