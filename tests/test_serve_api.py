@@ -207,6 +207,17 @@ def test_bounded_queue_refuses_with_503() -> None:
 
 
 # ---------------------------------------------------------------- bad input
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 def _bad_inputs(crop: np.ndarray, tmp_path: Path) -> list[tuple[str, str, bytes, int, str]]:
     """(label, file name, bytes, expected status, words the message must hold)."""
     _, png = _bytes(crop, ".png", tmp_path)
@@ -217,6 +228,7 @@ def _bad_inputs(crop: np.ndarray, tmp_path: Path) -> list[tuple[str, str, bytes,
     _, volume = _bytes(np.random.default_rng(2).random((1, 4, 30, 30)).astype(np.float32), ".nii.gz", tmp_path)
     big = io.BytesIO()
     Image.new("L", (1000, 1000)).save(big, format="PNG")  # 1 Mpx, a few KB: over max_pixels
+    bomb = _png_header(30000, 30000)  # a header claiming 900 Mpx: refused before any decoding
     return [
         ("truncated PNG", "cut.png", png[:300], 400, "cut.png: unreadable or truncated"),
         ("not an image", "fake.png", b"hello, world" * 10, 400, "fake.png: unreadable"),
@@ -228,6 +240,7 @@ def _bad_inputs(crop: np.ndarray, tmp_path: Path) -> list[tuple[str, str, bytes,
         ("wrong channels (pages)", "pages.tif", pages.getvalue(), 422, "pages.tif: has 3 channel(s)"),
         ("wrong dims (volume, 2D model)", "vol.nii.gz", volume, 422, "vol.nii.gz: is a volume of depth 4"),
         ("too many pixels", "huge.png", big.getvalue(), 413, "huge.png: 1,000,000 pixels is over"),
+        ("decompression bomb", "bomb.png", bomb, 413, "bomb.png: image too large"),
     ]
 
 

@@ -35,7 +35,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from unetkit import __version__
 from unetkit.data.io import PIL_SUFFIXES
-from unetkit.errors import ConfigError, DataError, UnetkitError
+from unetkit.errors import DataError, UnetkitError
 from unetkit.io.checkpoint import CheckpointError
 from unetkit.serve.files import (ACCEPT, FORMATS, MEDIA_TYPES, RequestProblem, check_pixels, clean_name,
                                  default_mask_suffix, encode_array, mask_file, preview, relabel_error,
@@ -78,9 +78,7 @@ def classify(err: BaseException) -> tuple[int, str]:
             where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path"))
             parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg", "invalid")))
         return 422, "; ".join(parts) or "invalid request"
-    if isinstance(err, (DataError, ConfigError)):
-        return 422, str(err)
-    if isinstance(err, (UnetkitError, CheckpointError)):
+    if isinstance(err, (UnetkitError, CheckpointError)):  # DataError, ConfigError, ...: valid request, bad content
         return 422, str(err)
     log.exception("unexpected error", exc_info=err)
     return 500, "internal error while predicting; the server log has the details"

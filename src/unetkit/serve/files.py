@@ -71,7 +71,9 @@ def count_pixels(path: Path, name: str) -> int:
 
             return int(np.prod(nib.load(str(path)).shape, dtype=np.int64))
     except Exception as err:  # the reader's own message, e.g. "cannot identify image file"
-        raise RequestProblem(400, f"{name}: unreadable or truncated file ({_strip(err, path, name)})") from None
+        if type(err).__name__ == "DecompressionBombError":  # Pillow refuses the header's size itself
+            raise RequestProblem(413, f"{name}: image too large ({relabel_error(err, path, name)})") from None
+        raise RequestProblem(400, f"{name}: unreadable or truncated file ({relabel_error(err, path, name)})") from None
     raise RequestProblem(415, f"{name}: unsupported file type '{suffix}'")
 
 
@@ -82,13 +84,9 @@ def check_pixels(path: Path, name: str, max_pixels: int) -> None:
                                   f"(--max-pixels)")
 
 
-def _strip(err: BaseException, path: Path, name: str) -> str:
-    """An error text with the temporary folder replaced by the client's file name."""
-    return str(err).replace(str(path), name).replace(str(path.parent), "")
-
-
 def relabel_error(err: BaseException, path: Path, name: str) -> str:
-    return _strip(err, path, name)
+    """An error text with the temporary file replaced by the client's file name."""
+    return str(err).replace(str(path), name).replace(path.name, name).replace(str(path.parent), "")
 
 
 def mask_file(labels: np.ndarray, meta: VolumeMeta | None, suffix: str, folder: Path, multilabel: bool) -> Path:
