@@ -359,3 +359,11 @@ def test_model_names_and_run_folders(tmp_path: Path) -> None:
         parse_specs([str(run), str(run / "last.safetensors")])
     with pytest.raises(ConfigError, match="no such model file"):
         parse_specs([str(tmp_path / "missing.safetensors")])
+
+
+def test_progress_is_reported_per_window_batch(crop: np.ndarray) -> None:
+    predictor = Predictor.from_checkpoint(nuclei_model_file(), device="cpu", roi_size=32, overlap=0.5, batch_size=4)
+    calls: list[tuple[int, int]] = []
+    predictor.predict_array(crop, progress=lambda done, total: calls.append((done, total)))
+    # 96x80 with 32-pixel windows at half overlap: 5 x 4 = 20 windows -> 5 batches of 4
+    assert calls == [(i, 5) for i in range(1, 6)]
