@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -201,14 +202,14 @@ def create_app(models: Mapping[str, ServedModel] | Sequence[str], config: ServeC
                       format: Optional[str] = Query(None, description="json, png, tif, nii or nii.gz")) -> Response:
         entry = model_of(model)
         wanted = response_format(format, request.headers.get("accept"))
-        job = submit(entry, file, opts, keep=False)
+        job = await run_in_threadpool(submit, entry, file, opts, False)  # copies the upload: off the event loop
         result = await asyncio.wrap_future(job.future)
-        return render(result, wanted)
+        return await run_in_threadpool(render, result, wanted)
 
     @app.post("/jobs", status_code=202, dependencies=[Depends(authorised)])
     async def create_job(model: str = Query(..., description="a served model's name"),
                          file: UploadFile = File(...), opts: Options = Depends(options)) -> dict[str, Any]:
-        job = submit(model_of(model), file, opts, keep=True)
+        job = await run_in_threadpool(submit, model_of(model), file, opts, True)
         return {**job.describe(), "url": f"/jobs/{job.id}"}
 
     @app.get("/jobs/{job_id}", dependencies=[Depends(authorised)])
