@@ -74,19 +74,32 @@ def _folder(root, masks, kind_values):
     return root
 
 
+def _squares(rng, n, cell=6):
+    """Instance ids 1..n, each a separate square of random size in its own cell of a grid."""
+    side = int(np.ceil(np.sqrt(n)))
+    mask = np.zeros((side * cell, side * cell), np.int32)
+    for k in range(n):
+        y, x, size = (k // side) * cell, (k % side) * cell, rng.integers(1, cell)
+        mask[y:y + size, x:x + size] = k + 1
+    return mask
+
+
 @pytest.mark.parametrize("values,kind,num_classes,expected_max", [
     ((0, 1), "binary", None, 1), ((0, 255), "binary", None, 1),
     ((0, 1, 2), "classes", 3, 2), (tuple(range(40)), "instances", None, 1),
 ])
 def test_mask_kinds(tmp_path, values, kind, num_classes, expected_max):
     rng = np.random.default_rng(0)
-    masks = [rng.choice(np.array(values), (16, 16)) for _ in range(2)]
-    for m in masks:
-        m.flat[: len(values)] = values  # every value present
+    if kind == "instances":  # objects: one separate square of random size per id
+        masks = [_squares(rng, len(values) - 1) for _ in range(2)]
+    else:
+        masks = [rng.choice(np.array(values), (16, 16)) for _ in range(2)]
+        for m in masks:
+            m.flat[: len(values)] = values  # every value present
     ds = SegmentationDataset(_folder(tmp_path, masks, values), num_classes=num_classes, return_instances=True)
     assert ds.mask_kind == kind
     s = ds[0]
-    assert s["mask"].shape == (1, 16, 16) and int(s["mask"].max()) == expected_max
+    assert s["mask"].shape == (1, *masks[0].shape) and int(s["mask"].max()) == expected_max
     if kind == "instances":
         np.testing.assert_array_equal(s["instances"].numpy(), masks[0])
     elif kind == "binary":

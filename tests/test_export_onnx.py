@@ -168,7 +168,9 @@ def test_cli_benchmark_and_export(tmp_path) -> None:
     res = runner.invoke(app, ["export", str(ckpt), "--format", "int8", "--out", str(q), "--size", "32",
                               "--calibration", str(calib)])
     assert res.exit_code == 0, res.output
-    assert (OnnxPredictor(q)(x) - model(x).detach()).abs().max() < 0.5  # int8: close, not equal
+    xc = torch.rand(1, 1, 32, 32)  # inside the calibration images' range
+    ref = model(xc).detach()
+    assert (OnnxPredictor(q)(xc) - ref).abs().max() < 0.1 * ref.abs().max()  # int8: close, not equal
     res = runner.invoke(app, ["export", str(ckpt), "--format", "int8", "--out", str(tmp_path / "q2.onnx")])
     assert res.exit_code == 1 and "--calibration" in res.output
     res = runner.invoke(app, ["export", str(tmp_path / "missing.safetensors"), "--format", "onnx",

@@ -62,13 +62,15 @@ def register(app: typer.Typer) -> None:
         dims: Optional[int] = typer.Option(None, help="2 or 3 (synthetic-cells)."),
         num_classes: Optional[int] = typer.Option(None, help="Classes incl. background (synthetic-cells)."),
         seed: Optional[int] = typer.Option(None, help="Random seed (synthetic-cells)."),
+        objects: Optional[int] = typer.Option(None, help="Objects per image (synthetic-cells; default fills "
+                                                          "~35% of the area; few objects leave classes out)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
     ) -> None:
         """Write a sample dataset as a plain folder, the layout check-data and training read."""
         from unetkit.datasets import DATASETS, write_dataset
 
         options = {k: v for k, v in dict(size=size, count=count, dims=dims, num_classes=num_classes,
-                                         seed=seed).items() if v is not None}
+                                         seed=seed, objects=objects).items() if v is not None}
         with user_errors():
             try:
                 DATASETS.entry(name)

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     ) -> None:
         """Per-image and per-class metrics of a model (or of predicted masks) on a labelled folder."""
-        from unetkit.evaluation.evaluate import evaluate_folder
+        from unetkit.evaluation.evaluate import evaluate_folder, format_summary
 
         with user_errors():
             options = {"device": device, "tta": tta}
@@ -38,9 +38,7 @@ def register(app: typer.Typer) -> None:
                                       ignore_index=ignore_index, hd95=not no_hd95, objects=objects, split=split,
                                       iou_threshold=iou, overwrite=overwrite, predictor_options=options,
                                       progress=True)
-        typer.echo(f"{summary['images']} image(s): mean Dice {summary['mean_dice']:.4f}")
-        for name, row in summary["classes"].items():
-            typer.echo(f"  {name:<16} Dice {row['dice_mean']:.4f} +/- {row['dice_std']:.4f}")
+        typer.echo(format_summary(summary))
         if "objects" in summary:
             o = summary["objects"]
             typer.echo(f"  objects (IoU >= {o['iou_threshold']}): P {o['precision']:.3f} R {o['recall']:.3f} "

@@ -8,6 +8,7 @@ Submodules (import the one you need):
     volume      VolumeDataset (3D patches, foreground oversampling, resampling)
     tiles       RandomTileDataset (random crops of one large image)
     checks      check_dataset -> CheckReport
+    masks       decide_mask_kind (binary / classes / instances, with the reason), to_semantic
     splits      make_split, make_kfold, save_splits, load_splits
     augment     build_augmentation (presets none/light/default/heavy, 2D and 3D)
     sampling    class_weights, rare_class_sampler

@@ -22,7 +22,7 @@ import numpy as np
 
 from unetkit.data.folder import FolderScan, scan_folder
 from unetkit.data.io import read_input, read_labels
-from unetkit.data.masks import infer_mask_kind, to_semantic, value_kind
+from unetkit.data.masks import decide_mask_kind, is_palette_mask, profile_masks, to_semantic, value_kind
 from unetkit.data.sampling import class_weights_from_counts
 from unetkit.errors import DataError
 
@@ -77,6 +77,10 @@ class CheckReport:
         per_image = s.get("instances_per_image")
         lines.append(f"masks: {s['mask_kind']}, {s['num_classes']} classes"
                      + (f", {per_image:.1f} instances per image" if per_image else ""))
+        reason = s.get("mask_kind_reason")
+        if reason:
+            hint = "" if reason.startswith("mask_kind=") else " (override: --mask-kind / data.mask_kind)"
+            lines.append(f"  mask kind {s['mask_kind']}: {reason}{hint}")
         for k, (count, freq, present) in enumerate(zip(s["class_pixels"], s["class_frequency"],
                                                         s["class_images"])):
             lines.append(f"  class {k}: {freq * 100:6.2f}% of pixels ({count} px) in {present} image(s), "
@@ -186,8 +190,11 @@ def _check_channels(channel_count: dict[str, int], first_file: dict[str, Path], 
 def _statistics(scan: FolderScan, shapes: dict, channel_count: dict, dtypes: set, spacings: list,
                 acc: "_IntensityAccumulator", labels_by_case: dict[str, np.ndarray], num_classes: int | None,
                 mask_kind: str, allow_empty: bool, add: Any) -> dict[str, Any]:
-    uniques = {name: np.unique(labels) for name, labels in labels_by_case.items()}
-    kind = mask_kind if mask_kind != "auto" else infer_mask_kind(list(uniques.values()), num_classes)
+    profiles = profile_masks(list(labels_by_case.values()))
+    uniques = {name: profile.values for name, profile in zip(labels_by_case, profiles)}
+    palette = mask_kind == "auto" and any(is_palette_mask(c.mask) for c in scan.cases if c.name in uniques)
+    decision = decide_mask_kind(profiles, num_classes, palette=palette, override=mask_kind)
+    kind = decision.kind
     pixel_counts: Counter = Counter()
     image_counts: Counter = Counter()
     instances = []
@@ -225,6 +232,8 @@ def _statistics(scan: FolderScan, shapes: dict, channel_count: dict, dtypes: set
         "spacing_median": [float(v) for v in np.median(spacings, axis=0)] if spacings else None,
         "intensity": acc.result(),
         "mask_kind": kind,
+        "mask_kind_reason": decision.reason,
+        "mask_kind_facts": decision.facts,
         "num_classes": classes,
         "class_pixels": pixels,
         "class_frequency": [p / total for p in pixels],

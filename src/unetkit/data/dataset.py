@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from unetkit.data.folder import Case, FolderScan, scan_folder
 from unetkit.data.io import read_input, read_labels, stem_of
-from unetkit.data.masks import MASK_KINDS, infer_mask_kind, to_semantic
+from unetkit.data.masks import MASK_KINDS, decide_mask_kind, is_palette_mask, profile_masks, to_semantic
 from unetkit.data.normalize import default_spec, normalize_image, validate_spec
 from unetkit.errors import ConfigError, DataError
 
@@ -121,10 +121,9 @@ class SegmentationDataset(Dataset):
             self.transform.reseed(seed)
 
     def _infer_kind(self) -> str:
-        uniques = []
-        for case in self.cases:
-            uniques.append(np.unique(read_labels(case.mask, self.spatial_dims)))
-        return infer_mask_kind(uniques, self.num_classes)
+        profiles = profile_masks([c.mask for c in self.cases], load=lambda p: read_labels(p, self.spatial_dims))
+        palette = any(is_palette_mask(c.mask) for c in self.cases)
+        return decide_mask_kind(profiles, self.num_classes, palette=palette).kind
 
 
 def to_sample(image: np.ndarray, mask: np.ndarray, name: str, weight: np.ndarray | None = None,

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from unetkit.data.dataset import _as_cases, to_sample
 from unetkit.data.folder import Case
 from unetkit.data.io import read_labels, read_volume
-from unetkit.data.masks import infer_mask_kind, to_semantic
+from unetkit.data.masks import decide_mask_kind, profile_masks, to_semantic
 from unetkit.data.normalize import default_spec, normalize_image, validate_spec
 from unetkit.errors import ConfigError, DataError
 
@@ -75,8 +75,8 @@ class VolumeDataset(Dataset):
         self.return_instances = return_instances
         self.rng = np.random.default_rng(seed)
         self._cache: dict[int, dict[str, Any]] = {}
-        self.mask_kind = mask_kind if mask_kind != "auto" else infer_mask_kind(
-            [np.unique(self._raw(i)[1]) for i in range(len(self.items))], num_classes)
+        self.mask_kind = mask_kind if mask_kind != "auto" else decide_mask_kind(
+            profile_masks(range(len(self.items)), load=lambda i: self._raw(i)[1]), num_classes).kind
 
     def __len__(self) -> int:
         return self.length

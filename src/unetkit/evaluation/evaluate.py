@@ -4,8 +4,12 @@ Outputs in `out_dir`:
     per_image.csv   one row per image and class: dice, iou, precision, recall, hd95, pixel counts
     per_class.csv   per class: mean / std / median Dice and means of the other metrics
     objects.csv     (objects=True) per image: object tp, fp, fn, precision, recall, f1 at IoU >= threshold
-    summary.json    dataset-level numbers (mean foreground Dice, per class, objects)
+    summary.json    dataset-level numbers (mean foreground Dice, per class, objects) and what they cover
     dice.png        per-image Dice distribution: histogram and box plot per class
+
+A class absent from both the ground truth and the prediction of an image is left out of every mean
+(its per_image.csv cells are empty), as in nnU-Net: see `unetkit.metrics.aggregate`. summary.json
+names the convention and counts the images, classes and left-out pairs behind each figure.
 
 Ground-truth masks: binary models compare against `mask > 0`; multi-class models against the
 stored class indices (values outside 0..K-1 other than `ignore_index` are an error).
@@ -29,6 +33,7 @@ from unetkit.evaluation.postprocess import instances_from_labels
 from unetkit.io.atomic import atomic_path
 from unetkit.io.figures import new_figure, save_figure
 from unetkit.metrics import confusion_counts, dice, hausdorff_distance_95, iou, precision, recall
+from unetkit.metrics.aggregate import CONVENTION, aggregate_scores, nan_stats, present_classes
 
 OUTPUTS = ("per_image.csv", "per_class.csv", "summary.json", "dice.png")
 
@@ -167,12 +172,14 @@ def _image_rows(name: str, pred: np.ndarray, true: np.ndarray, classes: list[int
     scores = {"dice": dice(counts)[0], "iou": iou(counts)[0], "precision": precision(counts)[0],
               "recall": recall(counts)[0]}
     valid = true != ignore_index if ignore_index is not None else np.ones(true.shape, bool)
+    present = present_classes(counts[0].numpy())  # absent from truth and prediction: no score (NaN)
     rows = []
     for c in classes:
         row: dict[str, Any] = {"image": name, "class": c, "class_name": names[c],
-                               **{k: float(v[c]) for k, v in scores.items()}}
+                               **{k: float(v[c]) if present[c] else math.nan for k, v in scores.items()}}
         if hd95:
-            row["hd95"] = hausdorff_distance_95((pred == c) & valid, (true == c) & valid, spacing)
+            row["hd95"] = hausdorff_distance_95((pred == c) & valid, (true == c) & valid, spacing) \
+                if present[c] else math.nan
         row["true_pixels"] = int(counts[0, c, 0] + counts[0, c, 2])
         row["pred_pixels"] = int(counts[0, c, 0] + counts[0, c, 1])
         rows.append(row)
@@ -182,23 +189,39 @@ def _image_rows(name: str, pred: np.ndarray, true: np.ndarray, classes: list[int
 def _summary(rows: list[dict[str, Any]], object_rows: list[dict[str, Any]], classes: list[int],
              names: list[str], source: Any, data_dir: Any, num_classes: int, iou_threshold: float
              ) -> dict[str, Any]:
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    table = {(r["image"], r["class"]): r for r in rows}
+    dice_values = np.array([[table[i, c]["dice"] for c in classes] for i in images], dtype=np.float64)
+    present = ~np.isnan(dice_values)  # NaN marks a class absent from an image's truth and prediction
+    overall = aggregate_scores(np.nan_to_num(dice_values), present, [names[c] for c in classes])
     class_rows = []
     for c in classes:
         sel = [r for r in rows if r["class"] == c]
-        d = np.array([r["dice"] for r in sel])
-        row = {"class": c, "class_name": names[c], "images": len(sel), "dice_mean": d.mean(),
-               "dice_std": d.std(), "dice_median": float(np.median(d))}
+        d = overall["per_class"][names[c]]
+        row = {"class": c, "class_name": names[c], "images": d["images"], "dice_mean": d["mean"],
+               "dice_std": d["std"], "dice_median": d["median"], "images_both_empty": len(sel) - d["images"]}
         for metric in ("iou", "precision", "recall"):
-            row[f"{metric}_mean"] = float(np.mean([r[metric] for r in sel]))
+            row[f"{metric}_mean"] = nan_stats([r[metric] for r in sel])["mean"]
         if sel and "hd95" in sel[0]:
-            finite = [r["hd95"] for r in sel if math.isfinite(r["hd95"])]
+            scored = [r["hd95"] for r in sel if not math.isnan(r["hd95"])]
+            finite = [v for v in scored if math.isfinite(v)]
             row["hd95_mean"] = float(np.mean(finite)) if finite else float("nan")
-            row["hd95_infinite"] = len(sel) - len(finite)  # one of prediction / truth empty
+            row["hd95_infinite"] = len(scored) - len(finite)  # one of prediction / truth empty
         class_rows.append({k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()})
-    foreground = [r["dice_mean"] for r in class_rows if r["class"] > 0]
+    foreground = [j for j, c in enumerate(classes) if c > 0]  # num_classes >= 2: never empty
+    fg = aggregate_scores(np.nan_to_num(dice_values[:, foreground]), present[:, foreground],
+                          [names[classes[j]] for j in foreground])
     summary: dict[str, Any] = {
-        "source": str(source), "data_dir": str(data_dir), "images": len({r["image"] for r in rows}),
-        "num_classes": num_classes, "mean_dice": float(np.mean(foreground)) if foreground else float("nan"),
+        "source": str(source), "data_dir": str(data_dir), "images": len(images), "num_classes": num_classes,
+        "mean_dice": fg["mean"],  # over foreground classes present somewhere, each over the images with it
+        "mean_dice_over": {
+            "classes": fg["classes"], "of_classes": len(foreground), "images": fg["images"],
+            "image_class_pairs": fg["pairs"], "both_empty_pairs": fg["both_empty"],
+            "images_with_nothing_present": fg["empty_images"],
+            "classes_absent_everywhere": [n for n, c in fg["per_class"].items() if c["images"] == 0],
+        },
+        "mean_dice_per_image": fg["image_mean"],
+        "convention": CONVENTION,
         "classes": {r["class_name"]: {k: v for k, v in r.items() if k not in ("class_name",)} for r in class_rows},
         "_class_rows": class_rows,
     }
@@ -211,6 +234,27 @@ def _summary(rows: list[dict[str, Any]], object_rows: list[dict[str, Any]], clas
             "f1_mean_per_image": float(np.mean([r["f1"] for r in object_rows])),
         }
     return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as the lines `unetkit evaluate` prints: mean Dice with what it covers, one line per
+    class scored, the classes absent everywhere and the both-empty convention."""
+    over = summary["mean_dice_over"]
+    lines = [f"{summary['images']} image(s): mean Dice {summary['mean_dice']:.4f} over {over['classes']} of "
+             f"{over['of_classes']} foreground class(es) ({over['image_class_pairs']} image-class pairs)"]
+    for name, row in summary["classes"].items():
+        if row["images"]:
+            lines.append(f"  {name:<16} Dice {row['dice_mean']:.4f} +/- {row['dice_std']:.4f}  "
+                         f"({row['images']} image(s)" + (f", {row['images_both_empty']} left out" if
+                                                          row["images_both_empty"] else "") + ")")
+    absent = over["classes_absent_everywhere"]
+    if absent:
+        lines.append(f"  {len(absent)} class(es) absent from every image and prediction, left out: "
+                     + ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else ""))
+    lines.append(f"  both empty = left out: {over['both_empty_pairs']} image-class pair(s) with the class in "
+                 f"neither truth nor prediction ({over['images_with_nothing_present']} image(s) with nothing "
+                 "present); nnU-Net convention")
+    return "\n".join(lines)
 
 
 def _json_safe(value: Any) -> Any:
@@ -231,7 +275,7 @@ def dice_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, overwrite
     from unetkit.inference.overlay import DEFAULT_COLORS
 
     names = list(dict.fromkeys(r["class_name"] for r in rows))
-    values = [[r["dice"] for r in rows if r["class_name"] == n] for n in names]
+    values = [[r["dice"] for r in rows if r["class_name"] == n and not math.isnan(r["dice"])] for n in names]
     fig = new_figure((10, 4))
     hist, box = fig.subplots(1, 2)
     bins = np.linspace(0.0, 1.0, 21)

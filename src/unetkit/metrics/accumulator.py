@@ -3,12 +3,17 @@
     acc = MetricAccumulator(num_classes=3, surface=True, spacing=(1.0, 0.5, 0.5))
     for batch in loader:
         acc.update(logits_to_labels(model(x)), y, names=batch_names)
-    acc.compute()["dice"]        # {"mean", "std", "global", "per_class": {k: {"mean", "std", "global"}}}
+    acc.compute()["dice"]        # {"mean", "std", "image_mean", "global", "images", "classes", "pairs",
+                                 #  "both_empty", "empty_images", "per_class": {k: {"mean", "std", "median",
+                                 #  "images", "global"}}}
 
 Every image keeps its own row of per-class counts (and surface distances), so means and standard
-deviations are over images, never over batch averages. "global" pools the counts of all images
-per class before computing the metric; the class average of that is reported. Surface metrics
-have no "global".
+deviations are over images, never over batch averages. A class absent from both the truth and the
+prediction of an image is left out of every mean (`unetkit.metrics.aggregate`, as nnU-Net): "mean"
+is the class average of each class's mean over the images where it is present, "std" the spread over
+images of each image's mean over its present classes; "images", "classes" and "both_empty" say what
+was averaged. "global" pools the counts of all images per class before computing the metric; the
+average over the classes present anywhere is reported. Surface metrics have no "global".
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 from torch import Tensor
 
 from unetkit.errors import ConfigError
+from unetkit.metrics.aggregate import CONVENTION, aggregate_scores, present_classes
 from unetkit.metrics.overlap import class_masks, confusion_counts
 from unetkit.metrics.registry import METRICS, list_metrics
 
@@ -80,28 +86,38 @@ class MetricAccumulator:
         return METRICS.entry(metric).factory(torch.from_numpy(np.stack(self.counts))).numpy()
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per image and reported class: image, class, then one column per metric."""
+        """One dict per image and reported class: image, class, then one column per metric (NaN where
+        the class is absent from both the truth and the prediction of that image)."""
         if not self.names:
             return []
-        values = {m: self._per_image(m) for m in self.metrics}
+        present = present_classes(np.stack(self.counts))
+        values = {m: np.where(present, self._per_image(m), np.nan) for m in self.metrics}
         return [{"image": name, "class": self.class_names[k], **{m: float(values[m][i, k]) for m in self.metrics}}
                 for i, name in enumerate(self.names) for k in self.classes]
 
     def compute(self) -> dict[str, Any]:
-        """Per metric: mean and std over images (of the class average), global, and per class."""
+        """Per metric: mean (over classes), std and image_mean (over images), global, per class, and
+        how many images / classes / image-class pairs were averaged (`unetkit.metrics.aggregate`)."""
         result: dict[str, Any] = {"num_images": len(self.names)}
         if not self.names:
             return result
-        pooled = torch.from_numpy(np.stack(self.counts).sum(0))  # (K, 4)
+        counts = np.stack(self.counts)  # (images, K, 4)
+        present = present_classes(counts)[:, self.classes]
+        pooled = torch.from_numpy(counts.sum(0))  # (K, 4)
+        pooled_present = present_classes(pooled.numpy())[self.classes]
+        names = [self.class_names[k] for k in self.classes]
         for m in self.metrics:
             values = self._per_image(m)[:, self.classes]  # (images, classes)
-            glob = None if m in self.surface_metrics else METRICS.entry(m).factory(pooled).numpy()[self.classes]
-            per_class = {self.class_names[k]: {"mean": float(values[:, j].mean()), "std": float(values[:, j].std()),
-                                               "global": None if glob is None else float(glob[j])}
-                         for j, k in enumerate(self.classes)}
-            image_means = values.mean(1)
-            result[m] = {"mean": float(image_means.mean()), "std": float(image_means.std()),
-                         "global": None if glob is None else float(glob.mean()), "per_class": per_class}
+            glob = None
+            if m not in self.surface_metrics:
+                glob = np.where(pooled_present, METRICS.entry(m).factory(pooled).numpy()[self.classes], np.nan)
+            summary = aggregate_scores(values, present, names, glob)
+            for j, name in enumerate(names):
+                summary["per_class"][name]["global"] = None if glob is None else float(glob[j])
+            if glob is None:
+                summary["global"] = None
+            result[m] = summary
+        result["convention"] = CONVENTION
         return result
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Empty cases: a ratio whose denominator is 0 scores 1.0 when the class has no err
 (fp == fn == 0: e.g. prediction and target both empty) and 0.0 otherwise (e.g. recall of an empty
 target when something was predicted). Pass `empty_score=float("nan")` to get NaN instead (to skip
 such cases with nanmean, like MONAI's `ignore_empty`). A non-empty prediction on an empty target
-gives Dice = IoU = 0 without any special case.
+gives Dice = IoU = 0 without any special case. Means over images and classes (MetricAccumulator,
+evaluate, validation) always leave both-empty pairs out: see `unetkit.metrics.aggregate`.
 """
 from __future__ import annotations
 

@@ -10,19 +10,21 @@ import numpy as np
 
 from unetkit.io.atomic import atomic_path
 from unetkit.metrics.accumulator import MetricAccumulator
+from unetkit.metrics.aggregate import nan_stats
 
 
 def metrics_table(rows: Sequence[dict[str, Any]], summary: bool = True) -> list[dict[str, Any]]:
     """Copy `rows` (from `MetricAccumulator.rows()`) and, with `summary`, append per class a "mean"
-    and a "std" row over images (column "image" holds the statistic's name)."""
+    and a "std" row over the images where the class is present (NaN cells, a class absent from both
+    truth and prediction, are left out; column "image" holds the statistic's name)."""
     table = [dict(r) for r in rows]
     if not summary or not table:
         return table
     metrics = [k for k in table[0] if k not in ("image", "class")]
     for cls in dict.fromkeys(r["class"] for r in rows):
-        values = {m: np.array([r[m] for r in rows if r["class"] == cls], float) for m in metrics}
+        stats = {m: nan_stats([r[m] for r in rows if r["class"] == cls]) for m in metrics}
         for stat in ("mean", "std"):
-            table.append({"image": stat, "class": cls, **{m: float(getattr(v, stat)()) for m, v in values.items()}})
+            table.append({"image": stat, "class": cls, **{m: v[stat] for m, v in stats.items()}})
     return table
 
 

@@ -16,14 +16,31 @@ from unetkit.models.registry import register_model
 ATTENTION_FEATURES = (16, 32, 64, 128, 256)
 
 
-@register_model("attention-unet", tiny={"features": (4, 8, 16)}, any_size=True, paper_params=None)
+# The official `unet_CT_single_att_dsv_3D` (feature_scale 4, in_channels 1, n_classes 2) counted:
+# 6,213,613 parameters. unetkit's 3D paper configuration with deep supervision has 2,194 fewer:
+# the 2,176 biases of convolutions followed by batch norm (redundant: the norm's shift absorbs
+# them; the whole family builds such convs without bias) and the official 1x1 conv (18) that
+# fuses the four deep-supervision maps into its single output (unetkit keeps the family's
+# deep-supervision contract: a loss on each head, the full-resolution head predicts).
+ATTENTION_PAPER_PARAMS = 6_213_613
+
+
+@register_model("attention-unet", tiny={"features": (4, 8, 16)}, any_size=True,
+                paper_params=ATTENTION_PAPER_PARAMS, paper_config={"spatial_dims": 3, "deep_supervision": True},
+                paper_difference=2_176 + 18)
 class AttentionUNet(SegmentationModel):
-    """Attention U-Net: plain-conv encoder, attention-gated U-Net decoder, 1x1 head.
+    """Attention U-Net: plain-conv encoder, attention-gated U-Net decoder, 1x1 head, as in the
+    authors' code: the three coarser skips are gated (not the finest), gates have the
+    full skip width inside, an output transform and a combining layer, the deepest gate is
+    driven by a 1x1 "gating signal" conv of the bottleneck, and the decoder up-samples linearly.
 
     Args: as `UNet` (spatial_dims, in_channels, num_classes, features, norm, act, dropout,
-        deep_supervision, up_mode), plus `inter_channels` per gate (default half the skip width).
+        deep_supervision, up_mode: default 'interp', the official linear up-sampling without a
+        conv), plus `inter_channels` per gate (default the skip width).
 
     forward(x) -> logits (N, K, *S); `attention_maps(x)` -> the gates' coefficients.
+    Deliberate differences from the official network: no conv biases before batch norm, and
+    deep supervision as a loss on each head instead of a 1x1 conv fusing the heads.
     """
 
     def __init__(
@@ -36,7 +53,7 @@ class AttentionUNet(SegmentationModel):
         act: LayerSpec = "relu",
         dropout: float = 0.0,
         deep_supervision: bool = False,
-        up_mode: str = "transpose",
+        up_mode: str = "interp",
         inter_channels: Sequence[int] | None = None,
     ) -> None:
         encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout)

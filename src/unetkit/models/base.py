@@ -3,8 +3,9 @@
 Encoder contract
     forward(x: (N, C_in, *S)) -> list of feature maps, highest resolution first;
     attributes `spatial_dims`, `out_channels: list[int]` (channels of each map),
-    `strides: list[int]` (each map's size reduction against the input) and
-    `size_divisor: int` (input sizes must be multiples of it; 1 when any size works).
+    `strides: list[int]` (each map's size reduction against the input),
+    `size_divisor: int` (input sizes must be multiples of it; 1 when any size works) and
+    `min_size: int` (the smallest size every level can take; default 1).
 
 Decoder contract
     built from the encoder's `out_channels` / `strides`;
@@ -23,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unetkit.models import layers
-from unetkit.models.blocks import SegmentationHead
+from unetkit.models.blocks import SegmentationHead, center_crop
 
 
 class Encoder(nn.Module):
@@ -33,6 +34,7 @@ class Encoder(nn.Module):
     out_channels: list[int]
     strides: list[int]
     size_divisor: int = 1
+    min_size: int = 1
 
 
 class Decoder(nn.Module):
@@ -47,9 +49,12 @@ class SegmentationModel(nn.Module):
 
     forward(x: (N, C_in, *S)) returns logits (N, num_classes, *S) when `deep_supervision` is
     off, and a list of logits, highest resolution first, when it is on: the first at the input
-    size, the others at their decoder level's size (the deep-supervision loss resizes targets).
-    Inputs whose size is not a multiple of `encoder.size_divisor` are padded (reflect) and the
-    output cropped back, so every model accepts any input size.
+    size, the others at their decoder level's size (the deep-supervision loss resizes targets);
+    with valid padding all of them at the output size, aligned (see `_valid_aux`).
+    Inputs whose size is not a multiple of `encoder.size_divisor`, or below `encoder.min_size`,
+    are padded (reflect, or replicate where reflect cannot reach) and the output cropped back,
+    so every same-padding model accepts any input size. Models whose sizes are constrained
+    otherwise (valid padding) check them in `check_input_size` before any work.
     """
 
     def __init__(
@@ -77,14 +82,26 @@ class SegmentationModel(nn.Module):
     def size_divisor(self) -> int:
         return int(getattr(self.encoder, "size_divisor", 1))
 
+    @property
+    def min_size(self) -> int:
+        return int(getattr(self.encoder, "min_size", 1))
+
+    def padded_size(self, size: int) -> int:
+        """The size an input of `size` is padded to: a multiple of `size_divisor`, >= `min_size`."""
+        div = max(1, self.size_divisor)
+        return max(math.ceil(size / div) * div, math.ceil(self.min_size / div) * div)
+
+    def check_input_size(self, size: Sequence[int]) -> None:
+        """Raise ValueError for spatial sizes this model cannot take (hook; any size by default)."""
+
     def _pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        div = self.size_divisor
         size = list(x.shape[2:])
-        if div <= 1 or all(s % div == 0 for s in size):
+        target = [self.padded_size(s) for s in size]
+        if target == size:
             return x, size
         pads: list[int] = []
-        for s in reversed(size):
-            pads += [0, math.ceil(s / div) * div - s]
+        for s, t in zip(reversed(size), reversed(target)):
+            pads += [0, t - s]
         mode = "reflect" if all(p < s for p, s in zip(pads[1::2], reversed(size))) else "replicate"
         return F.pad(x, pads, mode=mode), size
 
@@ -104,6 +121,7 @@ class SegmentationModel(nn.Module):
                 f"expected a {self.spatial_dims + 2}D input (N, C, {'D, ' if self.spatial_dims == 3 else ''}H, W) "
                 f"for spatial_dims={self.spatial_dims}, got shape {tuple(x.shape)}"
             )
+        self.check_input_size(list(x.shape[2:]))
         return self._pad_input(x)
 
     def head_outputs(self, maps: list[torch.Tensor], size: Sequence[int],
@@ -112,15 +130,32 @@ class SegmentationModel(nn.Module):
         (or the deep-supervision list). For subclasses that run encoder and decoder themselves."""
         size, padded = list(size), list(padded)
         logits = self.head(maps[0])
-        if self.decoder.strides[0] > 1:  # encoders whose finest map is below input resolution
+        if self.decoder.strides[0] > 1 and list(logits.shape[2:]) != padded:  # coarse maps under a 1x1 head
             logits = F.interpolate(logits, size=padded, mode=layers.interp_mode(self.spatial_dims),
                                    align_corners=False)
         if size != padded:
             logits = _crop(logits, size)
         if not self.deep_supervision:
             return logits
+        if getattr(self.encoder, "padding", "same") == "valid":
+            return [logits, *self._valid_aux(maps[1:], logits.shape[2:])]
         aux = [_crop_fraction(head(m), size, padded) for head, m in zip(self.aux_heads, maps[1:])]
         return [logits, *aux]
+
+    def _valid_aux(self, maps: list[torch.Tensor], out_size: Sequence[int]) -> list[torch.Tensor]:
+        """Valid padding: a decoder map of size s at stride r covers the centred s * r input pixels,
+        the output only the centred `out_size`; resizing the (cropped) target to s would misalign
+        it by up to ~2 coarse pixels. So each auxiliary logit map is up-sampled by r onto the
+        input grid and centre-cropped to the output: every deep-supervision output is then at the
+        output size, pixel-aligned with it and its target."""
+        mode = layers.interp_mode(self.spatial_dims)
+        outs = []
+        for head, m, stride in zip(self.aux_heads, maps, self.decoder.strides[1:]):
+            a = head(m)
+            if stride > 1:
+                a = F.interpolate(a, scale_factor=float(stride), mode=mode, align_corners=False)
+            outs.append(center_crop(a, out_size))
+        return outs
 
 
 def _crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

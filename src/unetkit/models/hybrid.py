@@ -10,8 +10,8 @@ import inspect
 from typing import Any, Callable, Sequence
 
 from unetkit.models.base import SegmentationModel
-from unetkit.models.decoders import (AttentionUNetDecoder, NNFormerDecoder, SwinDecoder, UNet3PlusDecoder,
-                                     UNetDecoder, UNetPlusPlusDecoder)
+from unetkit.models.decoders import (AttentionUNetDecoder, CascadedUpsampler, NNFormerDecoder, SwinDecoder,
+                                     UNet3PlusDecoder, UNetDecoder, UNetPlusPlusDecoder)
 from unetkit.models.encoders import MobileNetEncoder, NNFormerEncoder, PlainEncoder, ResNetEncoder, SwinEncoder, ViTEncoder
 from unetkit.models.layers import LayerSpec
 from unetkit.models.registry import register_model
@@ -39,6 +39,7 @@ DECODERS.register("attention")(AttentionUNetDecoder)
 DECODERS.register("unet3+")(UNet3PlusDecoder)
 DECODERS.register("swin")(SwinDecoder)
 DECODERS.register("nnformer")(NNFormerDecoder)
+DECODERS.register("cup")(CascadedUpsampler)
 
 HYBRID_TINY = {"encoder": "mobilenet", "decoder": "attention", "encoder_kwargs": {"width_mult": 0.25, "depth": 3}}
 

@@ -76,7 +76,10 @@ def group_count(channels: int, preferred: int = 8) -> int:
 
 def make_norm(norm: LayerSpec, spatial_dims: int, channels: int) -> nn.Module:
     """Normalisation layer by name ('batch', 'instance', 'group', 'layer', 'none'),
-    class, or callable taking `channels`."""
+    class, or callable taking `channels`. 'layer' is GroupNorm with one group: statistics over
+    all channels and positions of a sample (the layer norm of Ba et al. over a whole map), with a
+    per-channel affine; it is not the transformers' LayerNorm over channels at each position.
+    'group' uses the largest group count <= 8 dividing `channels`."""
     _check_dims(spatial_dims)
     if norm is None or norm == "none":
         return nn.Identity()
@@ -88,7 +91,7 @@ def make_norm(norm: LayerSpec, spatial_dims: int, channels: int) -> nn.Module:
             return _INSTANCENORM[spatial_dims](channels, affine=True)
         if name == "group":
             return nn.GroupNorm(group_count(channels), channels)
-        if name == "layer":  # layer norm over channels at every position
+        if name == "layer":  # GroupNorm(1): normalises each sample over channels AND all positions
             return nn.GroupNorm(1, channels)
         raise ValueError(f"unknown norm '{norm}'; choose one of {NORMS}")
     return norm(channels)

@@ -23,7 +23,7 @@ class MobileUNet(SegmentationModel):
             (default: the encoder's widths there, 16, 24, 32, 96 at width 1.0).
         dropout: channel dropout before the head.
         width_mult: MobileNetV2 width multiplier (1.0, 0.75, 0.5, 0.35, ...).
-        depth: encoder levels (1-5; 5 reaches stride 32).
+        depth: encoder levels (2-5; 5 reaches stride 32; others raise ValueError).
         up_mode: 'linear' (bilinear / trilinear + 1x1 conv, default), 'nearest' or 'transpose'.
     Sizes are padded to a multiple of 2**depth internally.
     """

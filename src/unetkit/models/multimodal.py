@@ -77,6 +77,7 @@ class MultiModalEncoder(Encoder):
         self.out_channels = list(self.paths[0].out_channels)
         self.strides = list(self.paths[0].strides)
         self.size_divisor = 1
+        self.min_size = self.paths[0].min_size
         self.modality_dropout = modality_dropout
         self.fusions = nn.ModuleList(ModalityFusion(spatial_dims, c, len(self.modalities), fusion, norm, act)
                                      for c in self.out_channels)

@@ -2,7 +2,8 @@
 
 A model built through the registry, or from a registered class, remembers its registry name
 and the full keyword configuration that rebuilds it (`model.unetkit_arch`,
-`model.unetkit_config`); checkpoints store both.
+`model.unetkit_config`); checkpoints store both. Every such model gets the family's weight
+initialisation (`unetkit.models.init.init_weights`) once it is complete.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from unetkit.models.init import init_weights
 from unetkit.registry import Entry, Registry
 
 MODELS = Registry("model")
@@ -38,7 +40,11 @@ def register_model(name: str, *, tiny: dict[str, Any] | None = None, **info: Any
 
     `tiny`: keyword arguments of a fast configuration used by the test-suite.
     `info`: capability flags read by tests and tools, e.g. `dims=(2, 3)`,
-    `deep_supervision=True`, `onnx=True`, `paper_params=31_030_658`.
+    `deep_supervision=True`, `onnx=True`; `paper_params`: the parameter count of the authors'
+    code in its paper configuration, `paper_config`: the keyword arguments that build that
+    configuration here, `paper_difference`: parameters the official code has and unetkit
+    deliberately leaves out (explained in the model's docstring and the README table), so
+    `count(create_model(name, **paper_config)) + paper_difference == paper_params` exactly.
     """
     info.setdefault("dims", (2, 3))
     info.setdefault("deep_supervision", True)
@@ -61,19 +67,31 @@ def _record_init(cls: type, name: str) -> None:
     def wrapped(self, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         if type(self) is cls:
+            init_weights(self)  # the family's one initialisation, once the model is complete
             self.unetkit_arch = name
             self.unetkit_config = _bound_config(init, args, kwargs, skip_self=True)
 
     cls.__init__ = wrapped
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model: `create_model("unet", spatial_dims=3, features=(8, 16, 32))`."""
+def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model: `create_model("unet", spatial_dims=3, features=(8, 16, 32))`.
+
+    `pretrained`: published weights to start from (path, URL or known name; see
+    `unetkit.models.pretrained.load_pretrained`); the report is kept as `model.pretrained_report`.
+    The weights are not part of the model's configuration (checkpoints hold the trained ones).
+    """
     entry = MODELS.entry(name)
     model = entry.factory(**kwargs)
+    if getattr(model, "unetkit_arch", None) is None:  # a preset assembling unregistered parts (hybrid)
+        init_weights(model)
     if not isinstance(entry.factory, type):  # a preset: remember the preset and its arguments
         model.unetkit_arch = name
         model.unetkit_config = _bound_config(entry.factory, (), kwargs, skip_self=False)
+    if pretrained:
+        from unetkit.models.pretrained import load_pretrained
+
+        model.pretrained_report = load_pretrained(model, pretrained)
     return model
 
 

@@ -30,6 +30,38 @@ def to_channels_first(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, drop a residual branch for a whole
+    sample with probability `p` and scale the kept ones by 1 / (1 - p); identity in eval."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
+        return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Swin's stochastic-depth rule: rates rising linearly from 0 to `rate` over all blocks,
+    split per stage. -> one list of rates per stage."""
+    total = sum(depths)
+    flat = [rate * i / max(1, total - 1) for i in range(total)]
+    out, start = [], 0
+    for d in depths:
+        out.append(flat[start:start + d])
+        start += d
+    return out
+
+
 class Mlp(nn.Sequential):
     """Linear -> GELU -> Linear (with dropout). (..., dim) -> (..., dim)."""
 
@@ -45,12 +77,14 @@ class Attention(nn.Module):
     -> (B, T, C).
     """
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, dropout: float = 0.0,
+                 query_projection: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by its {heads} heads")
         self.heads = heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        # nnFormer's skip attention uses the (normalised) queries as they are: no projection
+        self.q = nn.Linear(dim, dim, bias=qkv_bias) if query_projection else nn.Identity()
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
@@ -69,11 +103,11 @@ class Attention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm ViT block with global attention (Dosovitskiy et al. 2021). (B, T, C) -> (B, T, C)."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, mlp_dim, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,18 +169,22 @@ class WindowBlock(nn.Module):
 
     Windows larger than the map shrink to it (and then do not shift); maps are zero-padded at
     the end up to a multiple of the window. With `context` (the "skip attention" of nnFormer)
-    the keys and values come from `context`, a map of the same size as `x`.
+    the keys and values come from `context`, a map of the same size as `x`, and `residual`
+    (default `x`) is what the attention output is added to; `query_projection=False` feeds the
+    normalised `x` to the attention as queries directly (nnFormer's `WindowAttention_kv`).
     x (B, *S, C) -> (B, *S, C).
     """
 
     def __init__(self, spatial_dims: int, dim: int, heads: int, window: int | Sequence[int] = 7,
-                 shift: bool = False, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+                 shift: bool = False, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0,
+                 query_projection: bool = True) -> None:
         super().__init__()
+        self.drop_path = DropPath(drop_path)
         self.window = layers.as_tuple(window, spatial_dims)
         self.shift = shift
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout=0.0)
+        self.attn = Attention(dim, heads, dropout=0.0, query_projection=query_projection)
         self.bias_table = nn.Parameter(torch.zeros(math.prod(2 * w - 1 for w in self.window), heads))
         nn.init.trunc_normal_(self.bias_table, std=0.02)
         self.norm2 = nn.LayerNorm(dim)
@@ -163,7 +201,8 @@ class WindowBlock(nn.Module):
             x = torch.roll(x, [-s for s in shift], dims=list(range(1, x.dim() - 1)))
         return window_partition(x, window), list(x.shape[1:-1])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
         b, *size, c = x.shape
         window = [min(w, s) for w, s in zip(self.window, size)]
         shift = [w // 2 if self.shift and s > w else 0 for w, s in zip(window, size)]
@@ -180,8 +219,8 @@ class WindowBlock(nn.Module):
         if any(shift):
             out = torch.roll(out, shift, dims=list(range(1, out.dim() - 1)))
         out = out[(slice(None), *(slice(0, s) for s in size), slice(None))]
-        x = x + out
-        return x + self.mlp(self.norm2(x))
+        x = (x if residual is None else residual) + self.drop_path(out)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class GlobalBlock(TransformerBlock):
@@ -218,7 +257,11 @@ def _pixel_shuffle(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 class PatchMerging(nn.Module):
     """Swin down-sampling: concatenate each 2x2(x2) neighbourhood, LayerNorm, Linear to
-    `out_dim` (default 2 * dim). (B, *S, dim) -> (B, *ceil(S / 2), out_dim)."""
+    `out_dim` (default 2 * dim). (B, *S, dim) -> (B, *ceil(S / 2), out_dim).
+
+    The neighbours are concatenated with the first spatial axis's offset varying fastest, as
+    the official Swin code ([x0, x1, x2, x3] = offsets (0,0), (1,0), (0,1), (1,1) in (h, w)),
+    so its published weights apply unchanged."""
 
     def __init__(self, spatial_dims: int, dim: int, out_dim: int | None = None) -> None:
         super().__init__()
@@ -239,7 +282,7 @@ class PatchMerging(nn.Module):
         for h in half:
             shape += [h, 2]
         x = x.reshape(*shape, c)
-        order = [0, *(1 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)), 2 * d + 1]
+        order = [0, *(1 + 2 * i for i in range(d)), *(2 + 2 * i for i in reversed(range(d))), 2 * d + 1]
         x = x.permute(order).reshape(b, *half, 2**d * c)
         return self.reduction(self.norm(x))
 

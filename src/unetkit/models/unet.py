@@ -57,6 +57,12 @@ class UNet(SegmentationModel):
         self.depth = len(features)
 
     # ---- valid-mode size arithmetic -------------------------------------------------------
+    def check_input_size(self, size: Sequence[int]) -> None:
+        """'valid' padding: every size must be one the network maps without misaligned skips
+        (raises ValueError naming the nearest valid sizes); 'same' pads tiny inputs instead."""
+        if self.padding == "valid":
+            self.output_size(tuple(size))
+
     def output_size(self, input_size: int | Sequence[int]) -> tuple[int, ...]:
         """Output size for an input size. 'same': unchanged. 'valid': each level loses 4 px
         (two unpadded 3x3 convs) and sizes must be even before every pooling."""
@@ -76,7 +82,8 @@ def valid_output_size(size: int, depth: int) -> int:
     for level in range(depth):
         s -= 4
         if s <= 0:
-            raise ValueError(f"input size {size} is too small for a valid-padding U-Net of depth {depth}")
+            raise ValueError(f"input size {size} is too small for a valid-padding U-Net of depth {depth}; "
+                             f"nearest valid sizes: {nearest_valid_sizes(size, depth, 1)}")
         if level < depth - 1:
             if s % 2:
                 near = nearest_valid_sizes(size, depth, 1)
@@ -87,8 +94,9 @@ def valid_output_size(size: int, depth: int) -> int:
             s //= 2
     for _ in range(depth - 1):
         s = 2 * s - 4
-    if s <= 0:
-        raise ValueError(f"input size {size} is too small for a valid-padding U-Net of depth {depth}")
+        if s <= 0:
+            raise ValueError(f"input size {size} is too small for a valid-padding U-Net of depth {depth}; "
+                             f"nearest valid sizes: {nearest_valid_sizes(size, depth, 1)}")
     return s
 
 

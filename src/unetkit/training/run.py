@@ -16,6 +16,7 @@ Data sources (config.data):
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +95,21 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     from unetkit.data.volume import VolumeDataset
 
     data, dims = config.data, config.model.spatial_dims
-    num_classes = max(2, config.model.num_classes)
     scan = scan_folder(images, masks, data.mask_suffix or None)
-    report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None, num_classes=num_classes,
+    # model.num_classes 1 (the default) lets the masks decide: a class label map with K > 2 values
+    # builds a K-class model (data.mask_kind=binary merges all labels into one foreground instead)
+    report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None,
+                           num_classes=config.model.num_classes if config.model.num_classes > 1 else None,
                            mask_kind=data.mask_kind, spatial_dims=dims, scan=scan)
     report.raise_if_problems()  # training refuses data with problems, with check-data's table
+    mask_kind = report.stats["mask_kind"]  # decided once, for the training and the validation set
+    if config.model.num_classes <= 1 and mask_kind == "classes" and report.stats["num_classes"] > 2:
+        config.model.num_classes = int(report.stats["num_classes"])
+        print(f"model.num_classes={config.model.num_classes} from the masks ({report.stats['mask_kind_reason']})",
+              file=sys.stderr)
+        if not resuming:
+            config.to_yaml(run_dir / "config.yaml")
+    num_classes = max(2, config.model.num_classes)
     names = [c.name for c in scan.pairs]
     splits_path = run_dir / "splits.json"
     if resuming and splits_path.is_file():
@@ -113,7 +124,7 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     if not resuming:
         save_splits(splits_path, split, seed=config.seed, overwrite=True, source=str(images), fold=data.fold)
 
-    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": data.mask_kind}
+    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": mask_kind}
     weight = _weight_map_fn(config)
     aug_config = _with_crop(data.augmentation, data.patch_size) if dims == 2 else data.augmentation
     transform = build_augmentation(aug_config, spatial_dims=dims, seed=config.seed)

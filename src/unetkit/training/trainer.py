@@ -98,7 +98,7 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-        self.loss_fn = loss if loss is not None else build_loss(config)
+        self.loss_fn = loss if loss is not None else build_loss(config, self.model)
         self.train_loader = self._loader(train_set, train=True)
         self.val_loader = self._loader(val_set, train=False) if val_set is not None else None
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
@@ -241,6 +241,9 @@ class Trainer:
             outputs = self.net(images)
             masks, weight = _crop_targets(outputs, masks, weight)
             loss = self.loss_fn(outputs, masks, weight) if weight is not None else self.loss_fn(outputs, masks)
+            auxiliary = getattr(self.model, "auxiliary_loss", None)  # a model's own extra task (UNet 3+ CGM)
+            extra = auxiliary(masks, getattr(self.loss_fn, "ignore_index", None)) if auxiliary else None
+            loss = loss + extra if extra is not None else loss
         if torch.isfinite(loss):
             self.scaler.scale(loss / self.cfg.accumulate).backward()
         return float(loss.detach())
@@ -432,14 +435,16 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, dist: Dist
     dist.barrier()
 
 
-def build_loss(config: TrainConfig) -> nn.Module:
-    """The configured loss, checked against num_classes, wrapped for deep supervision."""
+def build_loss(config: TrainConfig, model: nn.Module | None = None) -> nn.Module:
+    """The configured loss, checked against num_classes, wrapped for deep supervision (weights:
+    the config's, else the model's own `deep_supervision_weights` (U-Net++: equal), else halving)."""
     from unetkit.losses import DeepSupervisionLoss, check_loss_fits, create_loss
 
     loss = create_loss(config.loss.name, **config.loss.kwargs)
     check_loss_fits(loss, config.model.num_classes)
     if config.model.kwargs.get("deep_supervision"):
-        loss = DeepSupervisionLoss(loss, weights=config.loss.deep_supervision_weights)
+        weights = config.loss.deep_supervision_weights or getattr(model, "deep_supervision_weights", None)
+        loss = DeepSupervisionLoss(loss, weights=weights)
     return loss
 
 
@@ -465,15 +470,19 @@ def _whole_image_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor
 
 
 def _flatten_summary(summary: dict[str, Any]) -> dict[str, float]:
-    """{'dice': {'mean': .., 'std': .., 'global': ..}} -> {'dice': mean, 'dice_std': .., 'dice_global': ..}."""
+    """{'dice': {'mean': .., 'std': .., 'global': ..}} -> {'dice': mean, 'dice_std': .., 'dice_global': ..},
+    plus what the means cover (the same for every metric): scored_images, scored_classes, both_empty."""
     flat: dict[str, float] = {}
     for name, value in summary.items():
         if isinstance(value, dict):
             if "mean" in value:
                 flat[name] = float(value["mean"])
             for key in ("std", "global"):
-                if key in value:
+                if value.get(key) is not None:
                     flat[f"{name}_{key}"] = float(value[key])
+            for key, out in (("images", "scored_images"), ("classes", "scored_classes"), ("both_empty", "both_empty")):
+                if key in value and out not in flat:
+                    flat[out] = float(value[key])
         elif isinstance(value, (int, float)):
             flat[name] = float(value)
     return flat

@@ -19,14 +19,15 @@ class SwinDecoder(Decoder):
     the skip, Linear back to `decoder_channels[i]`, `depths[i]` Swin blocks. The finest level is
     LayerNorm-ed and expanded by the encoder's first stride (4 for Swin: "FinalPatchExpand_X4").
 
-    Runs on any encoder whose strides double per level. forward(features) -> [full-resolution
+    `drop_path`: one stochastic-depth rate, or a list of rates per block for each level
+    (Swin-UNet mirrors the encoder's rates). Runs on any encoder whose strides double per level. forward(features) -> [full-resolution
     map, level 0, level 1, ...] (highest resolution first), channels-first.
     """
 
     def __init__(self, spatial_dims: int, encoder_channels: Sequence[int], encoder_strides: Sequence[int],
                  decoder_channels: Sequence[int] | None = None, depths: int | Sequence[int] = 2,
                  heads: int | Sequence[int] | None = None, window: int = 7, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, drop_path: float | Sequence[Sequence[float]] = 0.0) -> None:
         super().__init__()
         enc = list(encoder_channels)
         dec = list(decoder_channels) if decoder_channels is not None else enc[:-1]
@@ -41,8 +42,9 @@ class SwinDecoder(Decoder):
         for level in reversed(range(len(dec))):
             self.expands.append(PatchExpand(spatial_dims, deeper, dec[level]))
             self.joins.append(nn.Linear(dec[level] + enc[level], dec[level]))
+            rates = drop_path if isinstance(drop_path, (int, float)) else drop_path[level]
             self.stages.append(swin_stage(spatial_dims, dec[level], depths[level], heads[level], window, mlp_ratio,
-                                          dropout))
+                                          dropout, rates))
             deeper = dec[level]
         self.norm = nn.LayerNorm(dec[0])
         first = int(encoder_strides[0])

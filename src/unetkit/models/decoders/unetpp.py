@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from unetkit.models.base import Decoder
 from unetkit.models.blocks import UpBlock
+from unetkit.models.decoders.unet import check_upsampling
 from unetkit.models.layers import LayerSpec
 
 
@@ -30,6 +31,7 @@ class UNetPlusPlusDecoder(Decoder):
         dec = list(decoder_channels) if decoder_channels is not None else enc[:-1]
         if len(dec) != len(enc) - 1:
             raise ValueError(f"decoder_channels needs {len(enc) - 1} entries, got {len(dec)}")
+        check_upsampling(encoder_strides, up_mode, "unet++")
         self.depth = len(enc)
         self.nodes = nn.ModuleDict()
         for j in range(1, self.depth):

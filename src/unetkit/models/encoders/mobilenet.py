@@ -50,7 +50,7 @@ class MobileNetEncoder(Encoder):
 
     Args:
         width_mult: width multiplier alpha (channels scaled and rounded to multiples of 8).
-        depth: number of levels kept (1-5); the deeper inverted-residual groups are dropped.
+        depth: number of levels kept (2-5); the deeper inverted-residual groups are dropped.
         settings: (t, c, n, s) rows; default the paper's table.
     (N, in_channels, *S) -> [(N, out_channels[i], *(S / strides[i]))], strides 2, 4, 8, ...;
     sizes must be multiples of 2**depth (SegmentationModel pads them).
@@ -60,6 +60,10 @@ class MobileNetEncoder(Encoder):
                  norm: LayerSpec = "batch", act: LayerSpec = "relu6",
                  settings: Sequence[Sequence[int]] = MOBILENET_V2) -> None:
         super().__init__()
+        levels_available = 1 + sum(1 for row in settings if row[3] == 2)
+        if not 2 <= depth <= levels_available:
+            raise ValueError(f"MobileNetV2 encoder depth must be 2..{levels_available} (one level per stride 2, 4, "
+                             f"..., {2 ** levels_available}; a U-Net needs at least two), got {depth}")
         self.spatial_dims = spatial_dims
         prev = make_divisible(32 * width_mult)
         levels: list[list[nn.Module]] = [[ConvNormAct(spatial_dims, in_channels, prev, 3, 2, norm=norm, act=act)]]

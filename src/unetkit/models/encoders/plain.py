@@ -35,9 +35,13 @@ class PlainEncoder(Encoder):
         if len(features) < 2:
             raise ValueError(f"features needs at least 2 levels, got {tuple(features)}")
         self.spatial_dims = spatial_dims
+        self.padding = padding
         self.out_channels = list(features)
         self.strides = [2**i for i in range(len(features))]
         self.size_divisor = 1
+        # 'same': every pooling needs a map of >= 2 (smaller inputs are padded up to this);
+        # 'valid': sizes are checked by the model (see UNet.check_input_size), never padded
+        self.min_size = 2 ** (len(features) - 1) if padding == "same" else 1
         self.downs = nn.ModuleList()
         self.levels = nn.ModuleList()
         prev = in_channels

@@ -27,24 +27,29 @@ class ViTEncoder(Encoder):
         img_size: the size the learned position embedding is laid out for; other sizes
             interpolate it (linearly) to their token grid.
         readout_channels: channels of the 3x3 conv on the reshaped tokens (TransUNet's 512).
+        cnn_style: the ResNet's style ('bit': weight-standardised convs + GroupNorm, as the
+            published R50+ViT-B_16 checkpoint; 'torchvision': batch norm).
+    LayerNorms use eps 1e-6 (ViT's).
     (N, in_channels, *S) -> CNN maps at strides 2, 4, 8 + the ViT map at stride 16 * patch_size.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, cnn_blocks: Sequence[int] = (3, 4, 9),
                  cnn_width: int = 64, hidden: int = 768, depth: int = 12, heads: int = 12, mlp_dim: int = 3072,
                  patch_size: int = 1, img_size: int = 224, readout_channels: int = 512,
-                 norm: LayerSpec = "batch", act: LayerSpec = "relu", dropout: float = 0.0) -> None:
+                 norm: LayerSpec = "batch", act: LayerSpec = "relu", dropout: float = 0.0,
+                 cnn_style: str = "bit") -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
-        self.cnn = ResNetEncoder(spatial_dims, in_channels, cnn_blocks, cnn_width, norm, act)
+        self.cnn = ResNetEncoder(spatial_dims, in_channels, cnn_blocks, cnn_width, norm, act, cnn_style)
         stride = self.cnn.strides[-1] * patch_size
         self.grid = [max(1, img_size // stride)] * spatial_dims
         self.embed = PatchEmbed(spatial_dims, self.cnn.out_channels[-1], hidden, patch_size, norm=False)
         self.pos = nn.Parameter(torch.zeros(1, math.prod(self.grid), hidden))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*(TransformerBlock(hidden, heads, mlp_dim, dropout) for _ in range(depth)))
-        self.norm = nn.LayerNorm(hidden)
+        self.blocks = nn.Sequential(*(TransformerBlock(hidden, heads, mlp_dim, dropout, eps=1e-6)
+                                      for _ in range(depth)))
+        self.norm = nn.LayerNorm(hidden, eps=1e-6)
         self.readout = ConvNormAct(spatial_dims, hidden, readout_channels, 3, norm=norm, act=act)
         self.out_channels = self.cnn.out_channels[:-1] + [readout_channels]
         self.strides = self.cnn.strides[:-1] + [stride]
