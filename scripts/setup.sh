@@ -12,3 +12,12 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 "$PY" -m pip install --quiet -e ".[dev]"
+# The browser test drives Debian's chromium through selenium; install it where apt works and we are
+# root (the test skips with a message elsewhere). Never fatal: set-up goes on without it.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver; } >/dev/null 2>&1 \
+      || echo "setup: chromium not installed (apt failed); the browser test will be skipped" >&2
+  fi
+fi

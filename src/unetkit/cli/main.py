@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "unetkit.cli.bench_cmd",
     "unetkit.cli.paradigms_cmd",
     "unetkit.cli.search_cmd",
+    "unetkit.cli.serve_cmd",
 ]
 
 

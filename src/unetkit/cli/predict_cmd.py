@@ -1,5 +1,10 @@
 """`unetkit predict`: a model file (or an ensemble) and images (files, folders, globs) -> masks, overlays,
-measurements."""
+measurements.
+
+Under `torchrun --nproc_per_node N -m unetkit.cli.main predict ...` the input list is split across
+the N processes (gloo on the CPU, NCCL on GPUs), each writes its own files' outputs, and process 0
+writes the one counts.csv.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,10 +39,13 @@ def register(app: typer.Typer) -> None:
                                             "in the model file (chosen by cross-validation)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
         skip_errors: bool = typer.Option(False, "--skip-errors", help="Report bad files and go on."),
+        resume: bool = typer.Option(False, "--resume", help="Skip images whose outputs all exist (continue "
+                                    "an interrupted run); redo images with only some outputs."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     ) -> None:
         """Predict masks for images with a trained model file, several (an ensemble), or a CV run folder."""
         from unetkit.inference.predictor import Predictor
+        from unetkit.training.distributed import DistContext
 
         with user_errors():
             overrides = {} if threshold is None else {"threshold": threshold}
@@ -48,24 +56,36 @@ def register(app: typer.Typer) -> None:
             inputs = [i for i in inputs if not i.endswith(".safetensors")]
             if not inputs:
                 fail("no images given (only model files)")
-            predictor = Predictor.load(models, device=device, roi_size=roi_size, overlap=overlap,
-                                       tta=tta, batch_size=batch_size, **overrides)
-            if len(predictor.models) > 1:
-                typer.echo(f"ensemble of {len(predictor.models)} models (probabilities averaged)")
-            stated = "post-processing: off (--no-postprocess)" if no_postprocess else predictor.describe_postprocessing()
-            for line in [stated, *predictor.notes]:
-                if line:
-                    typer.echo(line)
-            results = predictor.predict_paths(inputs, out, skip_errors=skip_errors, progress=True,
-                                              save_probabilities=probabilities, overlay=not no_overlay,
-                                              overwrite=overwrite, measure=measure, min_size=min_size,
-                                              fill=fill, split=split)
+            ctx = DistContext.from_env(DistContext().device(device).type)  # under torchrun: shard the inputs
+            try:
+                predictor = Predictor.load(models, device=str(ctx.device(device)), roi_size=roi_size,
+                                           overlap=overlap, tta=tta, batch_size=batch_size, **overrides)
+                if ctx.is_main:
+                    if len(predictor.models) > 1:
+                        typer.echo(f"ensemble of {len(predictor.models)} models (probabilities averaged)")
+                    stated = ("post-processing: off (--no-postprocess)" if no_postprocess
+                              else predictor.describe_postprocessing())
+                    for line in [stated, *predictor.notes]:
+                        if line:
+                            typer.echo(line)
+                results = predictor.predict_paths(inputs, out, skip_errors=skip_errors, progress=True, resume=resume,
+                                                  dist=ctx, save_probabilities=probabilities,
+                                                  overlay=not no_overlay, overwrite=overwrite, measure=measure,
+                                                  min_size=min_size, fill=fill, split=split)
+            finally:
+                ctx.close()
+        if not ctx.is_main:
+            return
         failed = [r for r in results if "error" in r]
         for r in results:
             if "error" in r:
                 typer.echo(f"error: {r['error']}", err=True)
             elif "counts" in r:
                 typer.echo(f"{r['image'].name}: {r['counts']['total']} object(s)")
-        typer.echo(f"{len(results) - len(failed)} image(s) predicted into {out}")
+        skipped = sum(1 for r in results if r.get("skipped"))
+        typer.echo(f"{len(results) - len(failed) - skipped} image(s) predicted into {out}"
+                   + (f" ({skipped} already done, skipped)" if skipped else "")
+                   + (f" by {ctx.world_size} processes" if ctx.enabled else ""))
         if failed:
             raise typer.Exit(1)
+

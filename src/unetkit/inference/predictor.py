@@ -21,11 +21,13 @@ Every file is written atomically, and existing files are kept unless `overwrite=
 """
 from __future__ import annotations
 
+import copy
+import csv
 import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from unetkit.errors import ConfigError, DataError
 from unetkit.inference.sliding_window import sliding_window_inference
 from unetkit.inference.tta import tta_predict
 from unetkit.io.checkpoint import CheckpointError, load_model
+from unetkit.training.distributed import DistContext
 
 MODES = ("binary", "multiclass", "multilabel")
 ENSEMBLE_MANIFEST = "ensemble.json"  # written by unetkit.training.cv in a cross-validation run folder
@@ -203,6 +206,25 @@ class Predictor:
             return None
         return f"post-processing from {self.postprocessing_source}: {describe_postprocessing(self.postprocessing)}"
 
+    def with_options(self, roi_size: int | Sequence[int] | None = None, overlap: float | None = None,
+                     tta: bool | None = None, threshold: float | None = None) -> "Predictor":
+        """A predictor sharing this one's model with some options replaced (None keeps the value).
+
+        Cheap (no copy of the weights); lets callers, such as the server, vary options per request
+        without changing a predictor other threads use.
+        """
+        check_options(overlap=overlap, threshold=threshold, roi_size=roi_size)  # the one set of rules
+        other = copy.copy(self)
+        if overlap is not None:
+            other.overlap = float(overlap)
+        if threshold is not None:
+            other.threshold = float(threshold)
+        if tta is not None:
+            other.tta = bool(tta)
+        if roi_size is not None:
+            other.roi_size = other._window(roi_size)
+        return other
+
     def _window(self, roi_size: int | Sequence[int] | None) -> tuple[int, ...]:
         dims = self.spatial_dims
         if roi_size is None:
@@ -227,8 +249,11 @@ class Predictor:
         return roi
 
     # ---- arrays -----------------------------------------------------------------------------
-    def predict_array(self, image: np.ndarray, source: str | os.PathLike | None = None) -> Prediction:
-        """Predict a channel-first image `(C, *S)` (raw intensities; the model's preprocessing is applied)."""
+    def predict_array(self, image: np.ndarray, source: str | os.PathLike | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Prediction:
+        """Predict a channel-first image `(C, *S)` (raw intensities; the model's preprocessing is applied).
+
+        `progress(done, total)` is called after each batch of windows."""
         image = self.check_image(np.asarray(image), source)
         x = torch.from_numpy(normalize_image(image, self.preprocess))[None]
         size = tuple(x.shape[2:])
@@ -237,6 +262,7 @@ class Predictor:
             x, self._predict_windows, self.roi_size, overlap=self.overlap, blend=self.blend,
             batch_size=self.batch_size, padding_mode=self.padding_mode,
             output_size_fn=self.model.output_size if self.valid_mode else None, device=self.device,
+            progress=progress or False,
         )[0].numpy()
         probs = probs[(slice(None), *(slice(0, n) for n in size))]
         return Prediction(probs, self.postprocess(self.to_labels(probs)))
@@ -340,13 +366,7 @@ class Predictor:
                 if target.exists():
                     raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
         image, meta = read_input(path, self.spatial_dims)
-        pred = self.predict_array(image, source=path)
-        labels = pred.labels
-        if self.mode != "multilabel" and (min_size > 0 or fill):
-            from unetkit.evaluation.postprocess import fill_holes, remove_small_objects
-
-            labels = remove_small_objects(labels[0], min_size)[None] if min_size > 0 else labels
-            labels = fill_holes(labels[0])[None] if fill else labels
+        pred, labels = self.predict_labels(image, source=path, min_size=min_size, fill=fill)
         result: dict[str, Any] = {"image": path, **outputs}
         if self.mode == "multilabel":
             write_image(outputs["mask"], labels, meta, overwrite=overwrite)
@@ -364,9 +384,23 @@ class Predictor:
             result["counts"] = self._measure(labels, meta, outputs["objects"], overwrite, split, min_distance)
         return result
 
-    def _measure(self, labels: np.ndarray, meta: VolumeMeta | None, target: Path, overwrite: bool,
-                 split: bool, min_distance: int) -> dict[str, int]:
-        from unetkit.evaluation.measure import count_objects, measure_objects, write_objects_csv
+    def predict_labels(self, image: np.ndarray, source: str | os.PathLike | None = None, min_size: int = 0,
+                       fill: bool = False, progress: Callable[[int, int], None] | None = None
+                       ) -> tuple[Prediction, np.ndarray]:
+        """`predict_array` then the post-processing of `predict_file`; returns (prediction, labels)."""
+        pred = self.predict_array(image, source=source, progress=progress)
+        labels = pred.labels
+        if self.mode != "multilabel" and (min_size > 0 or fill):
+            from unetkit.evaluation.postprocess import fill_holes, remove_small_objects
+
+            labels = remove_small_objects(labels[0], min_size)[None] if min_size > 0 else labels
+            labels = fill_holes(labels[0])[None] if fill else labels
+        return pred, labels
+
+    def measure_labels(self, labels: np.ndarray, meta: VolumeMeta | None = None, split: bool = False,
+                       min_distance: int = 5) -> list[dict[str, Any]]:
+        """Per-object measurements of predicted `labels` (what `predict_file(measure=True)` writes)."""
+        from unetkit.evaluation.measure import measure_objects
         from unetkit.evaluation.postprocess import instances_from_labels
 
         class_map = _as_class_map(labels)
@@ -374,43 +408,85 @@ class Predictor:
         spacing = self.spacing
         if meta is not None:
             spacing = tuple(meta.spacing[-self.spatial_dims:])
-        objects = measure_objects(instances, class_map, spacing, class_names=self.class_names)
+        return measure_objects(instances, class_map, spacing, class_names=self.class_names)
+
+    def _measure(self, labels: np.ndarray, meta: VolumeMeta | None, target: Path, overwrite: bool,
+                 split: bool, min_distance: int) -> dict[str, int]:
+        from unetkit.evaluation.measure import count_objects, write_objects_csv
+
+        objects = self.measure_labels(labels, meta, split, min_distance)
         write_objects_csv(objects, target, overwrite=overwrite, spatial_dims=self.spatial_dims)
         return count_objects(objects, self.class_names)
 
     def predict_paths(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                      skip_errors: bool = False, progress: bool = False, **options: Any) -> list[dict[str, Any]]:
+                      skip_errors: bool = False, progress: bool = False, resume: bool = False,
+                      dist: DistContext | None = None, **options: Any) -> list[dict[str, Any]]:
         """Predict files, folders (their image files) and glob patterns; options as in `predict_file`.
 
         With `skip_errors`, a file that fails (unreadable, wrong channels, output exists) is reported
         as `{"image": path, "error": message}` and the others go on. With `measure`, also writes
-        `out_dir/counts.csv`.
+        `out_dir/counts.csv`. With `resume`, a file whose outputs all exist is skipped (its counts are
+        read back from its objects CSV) and a file with only some outputs is predicted again.
+
+        `dist` (a joined `DistContext`, e.g. under `torchrun`): the sorted input list is split
+        across the processes (process r takes files r, r + N, r + 2N, ...); each writes its own
+        files' outputs, and after gathering every process's results the main one writes the one
+        `counts.csv`. Every process returns the combined results, in input order. Without
+        `skip_errors` a process stops at its first error and, after the gather, all processes raise it.
         """
         files = expand_inputs(inputs)
         check_options(min_size=options.get("min_size"))
-        if not options.get("overwrite", False) and not skip_errors:  # refuse before any work
+        if not options.get("overwrite", False) and not skip_errors and not resume:  # refuse before any work
             kinds = {k: options[k] for k in ("save_probabilities", "overlay", "measure") if k in options}
             for path in files:
                 for target in self.output_paths(path, out_dir, **kinds).values():
                     if target.exists():
                         raise FileExistsError(f"{target} exists (from an earlier prediction); pass "
-                                              f"overwrite=True (--overwrite) or choose another output folder")
-        if progress:
+                                              f"overwrite=True (--overwrite), resume=True (--resume) to skip "
+                                              f"finished images, or choose another output folder")
+        ctx = dist or DistContext()
+        mine = list(enumerate(files))[ctx.rank::ctx.world_size]
+        if progress and ctx.is_main:
             from tqdm import tqdm
 
-            files = tqdm(files, desc="predict", unit="image")
-        results = []
-        for path in files:
+            mine = tqdm(mine, desc="predict", unit="image")
+        results: list[tuple[int, dict[str, Any]]] = []
+        for index, path in mine:
             try:
-                results.append(self.predict_file(path, out_dir, **options))
+                results.append((index, self._predict_or_resume(path, out_dir, resume, options)))
             except (DataError, FileExistsError) as err:
-                if not skip_errors:
+                if not skip_errors and not ctx.enabled:
                     raise
-                results.append({"image": path, "error": str(err)})
-        if options.get("measure"):
-            update_counts(Path(out_dir), [{"image": r["image"].name, **r["counts"]} for r in results
+                results.append((index, {"image": path, "error": str(err)}))
+                if not skip_errors:
+                    break
+        if ctx.enabled:
+            results = sorted((r for part in ctx.gather_objects(results) for r in part), key=lambda r: r[0])
+        combined = [r for _, r in results]
+        failed = [r for r in combined if "error" in r]
+        if failed and not skip_errors:
+            raise DataError(failed[0]["error"])
+        if options.get("measure") and ctx.is_main:
+            update_counts(Path(out_dir), [{"image": r["image"].name, **r["counts"]} for r in combined
                                           if "counts" in r])
-        return results
+        ctx.barrier()
+        return combined
+
+    def _predict_or_resume(self, path: Path, out_dir: str | os.PathLike, resume: bool,
+                           options: dict[str, Any]) -> dict[str, Any]:
+        if not resume:
+            return self.predict_file(path, out_dir, **options)
+        outputs = self.output_paths(path, out_dir, options.get("save_probabilities", False),
+                                    options.get("overlay", True), options.get("measure", False))
+        if not all(target.exists() for target in outputs.values()):
+            return self.predict_file(path, out_dir, **{**options, "overwrite": True})
+        result: dict[str, Any] = {"image": path, **outputs, "skipped": True}
+        if "objects" in outputs:
+            from unetkit.evaluation.measure import count_objects
+
+            with open(outputs["objects"], newline="") as f:
+                result["counts"] = count_objects(csv.DictReader(f), self.class_names)
+        return result
 
 
 def update_counts(out_dir: Path, rows: list[dict[str, Any]]) -> Path:

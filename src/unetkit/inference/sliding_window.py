@@ -39,7 +39,7 @@ def sliding_window_inference(
     output_size_fn: OutputSizeFn | None = None,
     device: str | torch.device | None = None,
     output_device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> torch.Tensor:
     """Predict `image` window by window and blend the window outputs.
 
@@ -58,7 +58,8 @@ def sliding_window_inference(
         output_size_fn: valid-mode models only: input window size -> output size.
         device: where the predictor runs (default: the image's device).
         output_device: where the `(N, K, *S)` float32 result is accumulated.
-        progress: show a tqdm progress bar.
+        progress: True shows a tqdm progress bar; a callable is called as `progress(done, total)`
+            (batches) after each batch.
 
     Returns:
         `(N, K, *S)` float32 tensor on `output_device`.
@@ -83,12 +84,13 @@ def sliding_window_inference(
 
     jobs = [(n, start) for n in range(image.shape[0]) for start in plan.starts]
     batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), max(1, batch_size))]
-    if progress:
+    report = progress if callable(progress) else None
+    if progress and report is None:
         from tqdm import tqdm
 
         batches = tqdm(batches, desc="windows", unit="batch")
     with torch.no_grad():
-        for batch in batches:
+        for done, batch in enumerate(batches, 1):
             windows = torch.cat([
                 extract_window(image[n:n + 1], [s - m for s, m in zip(start, plan.margin)],
                                plan.window, padding_mode) for n, start in batch])
@@ -109,6 +111,8 @@ def sliding_window_inference(
                 out[(n, slice(None), *dst)] += p[(slice(None), *src)] * w
                 if n == 0:
                     norm[(0, 0, *dst)] += w
+            if report is not None:
+                report(done, len(batches))
     assert out is not None
     out /= norm
     return out
