@@ -99,9 +99,12 @@ def test_label_value_beyond_num_classes(tmp_path):
 def test_empty_mask(tmp_path):
     root = make_folder(tmp_path / "d")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / "img2.png")
-    _, found = problems(root)
+    report, found = problems(root)  # negative examples are normal: a warning, not a problem
+    assert report.ok and [(w[0].split("/")[-1], w[1]) for w in report.warnings] == \
+        [("img2.png", "empty mask (background only)")]
+    _, found = problems(root, strict=True)
     assert found == {("img2.png", "empty mask")}
-    assert check_dataset(root, allow_empty=True).ok
+    assert check_dataset(root, allow_empty=True).ok and not check_dataset(root, allow_empty=True).warnings
 
 
 def test_mixed_channel_counts(tmp_path):
@@ -149,7 +152,8 @@ def test_cli_broken_folder_exits_nonzero_naming_each_file(tmp_path):
     result = CliRunner().invoke(app, ["check-data", str(root), "--json"])
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
-    assert len(payload["problems"]) == 4 and not payload["ok"]
+    assert len(payload["problems"]) == 3 and not payload["ok"]
+    assert [w["file"] for w in payload["warnings"]] == ["masks/img2.png"]  # empty: a warning
 
 
 def test_cli_on_written_dsb2018_prints_statistics(tmp_path):

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from unetkit.errors import ConfigError, DataError, TrainingError
+from unetkit.errors import ConfigError, DataError, Interrupted, TrainingError
 from unetkit.training import Callback, TrainConfig, Trainer, train
 from unetkit.training.config import ScheduleConfig
 from unetkit.training.schedule import LRSchedule
@@ -86,7 +86,7 @@ def test_existing_run_folder_is_never_overwritten_silently(tmp_path) -> None:
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep")
-    with pytest.raises(ConfigError, match="does not look like a unetkit run"):
+    with pytest.raises(ConfigError, match="not a unetkit run folder"):
         train(tiny_config(tmp_path, name="mine", overwrite="true", epochs=1))
     assert (foreign / "precious.txt").read_text() == "keep"
 
@@ -103,7 +103,7 @@ class CrashAt(Callback):
 def test_resume_after_a_crash_is_bit_exact(tmp_path) -> None:
     reference = train(tiny_config(tmp_path, name="straight", **{"model.kwargs.dropout": 0.2}))
     crashed_cfg = tiny_config(tmp_path, name="crashed", **{"model.kwargs.dropout": 0.2})
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="stopped at epoch 1; continue with `unetkit train --resume"):
         train(crashed_cfg, callbacks=[CrashAt(epoch=2, step=3)])  # mid-epoch 2 (2 steps per epoch)
     resumed = train(None, resume=tmp_path / "crashed")
     a = load_file(str(reference.run_dir / "last.safetensors"))

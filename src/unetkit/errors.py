@@ -16,3 +16,9 @@ class ConfigError(UnetkitError, ValueError):
 
 class TrainingError(UnetkitError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class Interrupted(UnetkitError):
+    """Work stopped by SIGINT / SIGTERM after finishing (or abandoning) its current step."""
+
+    exit_code = 130

@@ -8,9 +8,20 @@
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from unetkit.errors import ConfigError
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name that is not registered (a ConfigError for the CLI, a KeyError for older callers)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -48,10 +59,28 @@ class Registry:
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
-            raise KeyError(f"unknown {self.kind} '{name}'; registered: {known}") from None
+            close = difflib.get_close_matches(str(name), list(self._entries), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UnknownNameError(f"unknown {self.kind} '{name}'; {hint}registered: {known}") from None
+
+    def check_kwargs(self, name: str, kwargs: dict[str, Any]) -> Entry:
+        """The entry of `name`, after checking its factory takes every keyword in `kwargs`."""
+        entry = self.entry(name)
+        try:
+            params = inspect.signature(entry.factory).parameters
+        except (TypeError, ValueError):
+            return entry
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return entry
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            known = ", ".join(p for p in params if p != "self")
+            raise ConfigError(f"{self.kind} '{name}' has no option {', '.join(repr(u) for u in unknown)}; "
+                              f"its options: {known}")
+        return entry
 
     def create(self, name: str, **kwargs: Any) -> Any:
-        return self.entry(name).factory(**kwargs)
+        return self.check_kwargs(name, kwargs).factory(**kwargs)
 
     def list(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))

@@ -5,18 +5,18 @@ import json
 
 import typer
 
-from unetkit.cli.common import fail
+from unetkit.cli.common import fail, positive, spatial_dims
 
 
 def register(app: typer.Typer) -> None:
     @app.command("benchmark")
     def benchmark(
         model: str = typer.Argument(..., help="Registered model name (see `unetkit models`)."),
-        size: int = typer.Option(256, help="Input size per spatial dim."),
-        batch: int = typer.Option(4, help="Batch size."),
-        dims: int = typer.Option(2, help="Spatial dims (2 or 3)."),
-        in_channels: int = typer.Option(1, help="Input channels."),
-        num_classes: int = typer.Option(2, help="Output classes."),
+        size: int = typer.Option(256, callback=positive, help="Input size per spatial dim."),
+        batch: int = typer.Option(4, callback=positive, help="Batch size."),
+        dims: int = typer.Option(2, callback=spatial_dims, help="Spatial dims (2 or 3)."),
+        in_channels: int = typer.Option(1, callback=positive, help="Input channels."),
+        num_classes: int = typer.Option(2, callback=positive, help="Output classes."),
         repeats: int = typer.Option(5, help="Timed repeats per case (medians reported)."),
         train: bool = typer.Option(True, "--train/--no-train", help="Also time training steps."),
         backends: str = typer.Option("eager,optimized,onnx,int8",
@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         compile_train: bool = typer.Option(False, "--compile-train", help="Also time a compiled training step."),
         tiny: bool = typer.Option(False, help="Use the model's tiny test configuration."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-        matmul_size: int = typer.Option(4096, help="Side of the fp32 matmul that sets the reference rate."),
+        matmul_size: int = typer.Option(4096, callback=positive, help="Side of the fp32 matmul that sets the reference rate."),
     ) -> None:
         """Images/s, peak memory, GFLOP/s and fraction of the fp32 matmul rate, per backend, with
         ratios against the eager model, measured in one run (interleaved repeats, medians)."""

@@ -22,7 +22,9 @@ def register(app: typer.Typer) -> None:
         num_classes: Optional[int] = typer.Option(None, help="Classes including background (checks label values)."),
         mask_kind: str = typer.Option("auto", help="auto, binary, classes or instances."),
         dims: Optional[int] = typer.Option(None, help="Spatial dims: 2, or 3 to read TIFF files as stacks."),
-        allow_empty: bool = typer.Option(False, help="Do not report masks with background only."),
+        allow_empty: bool = typer.Option(False, "--allow-empty", help="Do not mention masks with background only."),
+        strict: bool = typer.Option(False, "--strict", help="Treat empty masks (background only) as problems, "
+                                                             "not warnings."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Check a dataset folder; print problems (one row per file) and statistics. Exit 1 on problems."""
@@ -30,7 +32,8 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             report = check_dataset(folder, masks_dir=masks, mask_suffix=mask_suffix, num_classes=num_classes,
-                                   mask_kind=mask_kind, spatial_dims=dims, allow_empty=allow_empty)
+                                   mask_kind=mask_kind, spatial_dims=dims, allow_empty=allow_empty,
+                                   strict=strict)
         fingerprint = None
         if report.ok:  # the planning fingerprint (cached; `unetkit plan` reuses it)
             from unetkit.planning import dataset_fingerprint
@@ -48,6 +51,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(report.format_stats())
             if fingerprint is not None:
                 typer.echo(fingerprint.format())
+            if report.warnings:
+                typer.echo(f"warnings (not problems; --strict makes them problems):\n"
+                           f"{report.format_table(warnings=True)}", err=True)
         if not report.ok:
             if not as_json:
                 typer.echo("")

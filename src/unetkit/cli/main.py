@@ -4,11 +4,16 @@ from __future__ import annotations
 import importlib
 import sys
 
+import os
+
 import typer
 
 import unetkit
+from unetkit.cli.common import DEBUG_ENV, ErrorBoundaryGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# every verb runs inside the one error boundary (cli/common.py): known errors -> one line + exit code
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=ErrorBoundaryGroup,
+                  pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="unetkit: U-Net family segmentation - models, training, inference, evaluation.")
 
 # modules that add verbs to `app` through a `register(app)` function
@@ -33,8 +38,11 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+                                       help="Print the version and exit."),
+          debug: bool = typer.Option(False, "--debug", help=f"Show tracebacks (same as {DEBUG_ENV}=1).")) -> None:
     """unetkit command line."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 for _name in COMMAND_MODULES:

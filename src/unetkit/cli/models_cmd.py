@@ -5,6 +5,8 @@ from typing import Optional
 
 import typer
 
+from unetkit.cli.common import positive, spatial_dims
+
 from unetkit.models import list_models, model_flops, model_info
 
 
@@ -42,10 +44,10 @@ def register(app: typer.Typer) -> None:
     @app.command("models")
     def models(
         pattern: str = typer.Argument("*", help="Shell-style name pattern."),
-        size: int = typer.Option(256, help="Input size per spatial dim for the GFLOPs column."),
-        dims: Optional[int] = typer.Option(None, help="Spatial dims (2 or 3); default: each model's first."),
-        in_channels: int = typer.Option(1, help="Input channels."),
-        num_classes: int = typer.Option(2, help="Output classes."),
+        size: int = typer.Option(256, callback=positive, help="Input size per spatial dim for the GFLOPs column."),
+        dims: Optional[int] = typer.Option(None, callback=spatial_dims, help="Spatial dims (2 or 3); default: each model's first."),
+        in_channels: int = typer.Option(1, callback=positive, help="Input channels."),
+        num_classes: int = typer.Option(2, callback=positive, help="Output classes."),
         tiny: bool = typer.Option(False, help="Use each model's tiny test configuration."),
     ) -> None:
         """List registered models with parameter counts (ours and the paper's) and forward GFLOPs."""

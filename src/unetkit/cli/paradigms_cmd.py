@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from unetkit.cli.common import fail, user_errors
+from unetkit.cli.common import fail, size_list, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
         passes: int = typer.Option(8, "--passes", help="Stochastic passes for mc_dropout."),
         diversity: float = typer.Option(0.0, "--diversity", help="0: top-k by uncertainty; up to 1: also spread "
                                                                   "the picks out in feature space."),
-        roi: Optional[List[int]] = typer.Option(None, "--roi", help="Window size (default: the model file's)."),
+        roi: Optional[str] = typer.Option(None, "--roi", callback=size_list, metavar="N[,N..]",
+                                           help="Window size (default: the model file's): 256 or 256,256 (one per axis)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing ranking file."),
     ) -> None:

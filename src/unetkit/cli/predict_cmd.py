@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from unetkit.cli.common import user_errors
+from unetkit.cli.common import size_list, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="Model file (.safetensors) written by unetkit."),
         inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks/, overlays/, ...)."),
-        roi: Optional[List[int]] = typer.Option(None, "--roi", help="Window size (one value, or one per axis)."),
+        roi: Optional[str] = typer.Option(None, "--roi", callback=size_list, metavar="N[,N..]",
+                                           help="Window size (one value, or one per axis): 256 or 256,256 (one per axis)."),
         overlap: float = typer.Option(0.5, help="Window overlap fraction in [0, 1)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass."),
         tta: bool = typer.Option(False, "--tta", help="Average over flips (and 90-degree turns in 2D)."),

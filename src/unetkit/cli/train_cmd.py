@@ -1,6 +1,7 @@
 """`unetkit train` and `unetkit demo`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -105,7 +106,8 @@ def register(app: typer.Typer) -> None:
             best = "n/a (no validation: last.safetensors is the model)"
         else:
             best = f"{result.best_value:.4f} at epoch {result.best_epoch} (best.safetensors)"
-        typer.echo(f"run folder: {result.run_dir}  best: {best}")
+        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+            typer.echo(f"run folder: {result.run_dir}  best: {best}")
 
     @app.command("demo")
     def demo_cmd(

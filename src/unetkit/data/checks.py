@@ -5,8 +5,10 @@
     report.raise_if_problems()          # DataError with the same table, as training does
 
 Problems (one row per file): unreadable or truncated file, image without mask, mask without image,
-size mismatch (mask vs image, or between a case's modalities), unexpected label values, empty mask,
-mixed channel counts. Statistics: sizes, channels, dtypes, spacing, per-channel intensity
+size mismatch (mask vs image, or between a case's modalities), NIfTI label geometry (orientation,
+spacing, origin) that differs from its image's, unexpected label values, mixed channel counts, and,
+given the model (`in_channels`, `min_size`), images the model cannot take. Warnings: empty masks
+(background only: normal negative examples; a problem with `strict=True`). Statistics: sizes, channels, dtypes, spacing, per-channel intensity
 (min, max, mean, std, percentiles), class frequencies and suggested class weights.
 """
 from __future__ import annotations
@@ -28,6 +30,9 @@ from unetkit.errors import DataError
 
 PERCENTILES = (0.5, 1.0, 99.0, 99.5, 99.8)
 _SAMPLE_PER_IMAGE = 20000  # pixels per image and channel kept for dataset percentiles
+_MAX_CLASS_LINES = 32  # format_stats lists at most this many classes
+# NIfTI label vs image geometry: direction cosines, relative spacing, origin (in voxels of the image)
+AFFINE_TOLERANCE = {"direction": 1e-3, "spacing": 1e-3, "origin_voxels": 0.01}
 
 
 @dataclass
@@ -37,6 +42,7 @@ class CheckReport:
     root: Path
     problems: list[tuple[str, str]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,15 +54,21 @@ class CheckReport:
         except ValueError:
             return str(file)
 
-    def format_table(self) -> str:
-        """The problems as an aligned two-column table (empty string when there are none)."""
-        if not self.problems:
+    def format_table(self, warnings: bool = False) -> str:
+        """The problems (or `warnings`) as an aligned two-column table (empty string when none)."""
+        items = self.warnings if warnings else self.problems
+        if not items:
             return ""
-        rows = [(self._name(f), p) for f, p in self.problems]
+        rows = [(self._name(f), p) for f, p in items]
         width = max(len("file"), *(len(f) for f, _ in rows))
         lines = [f"{'file':<{width}}  problem", f"{'-' * width}  {'-' * 7}"]
         lines += [f"{f:<{width}}  {p}" for f, p in rows]
         return "\n".join(lines)
+
+    def format_warnings(self) -> str:
+        """One line per kind of warning (e.g. how many empty masks), or ''."""
+        kinds = Counter(p for _, p in self.warnings)
+        return "\n".join(f"warning: {n} file(s): {p}" for p, n in kinds.items())
 
     def format_stats(self) -> str:
         """Statistics as readable lines."""
@@ -83,6 +95,9 @@ class CheckReport:
             lines.append(f"  mask kind {s['mask_kind']}: {reason}{hint}")
         for k, (count, freq, present) in enumerate(zip(s["class_pixels"], s["class_frequency"],
                                                         s["class_images"])):
+            if k == _MAX_CLASS_LINES:
+                lines.append(f"  ... {len(s['class_pixels']) - k} more classes")
+                break
             lines.append(f"  class {k}: {freq * 100:6.2f}% of pixels ({count} px) in {present} image(s), "
                          f"weight {s['class_weights'][k]:.3f}")
         return "\n".join(lines)
@@ -90,6 +105,7 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return {"root": str(self.root), "ok": self.ok,
                 "problems": [{"file": self._name(f), "problem": p} for f, p in self.problems],
+                "warnings": [{"file": self._name(f), "warning": p} for f, p in self.warnings],
                 "stats": self.stats}
 
     def to_json(self) -> str:
@@ -108,8 +124,13 @@ class CheckReport:
 def check_dataset(root: str | os.PathLike, masks_dir: str | os.PathLike | None = None,
                   mask_suffix: str | None = None, channels: list[str] | None = None,
                   num_classes: int | None = None, mask_kind: str = "auto", spatial_dims: int | None = None,
-                  allow_empty: bool = False, scan: FolderScan | None = None) -> CheckReport:
-    """Read every file under `root` once; report problems and statistics (see the module docstring)."""
+                  allow_empty: bool = False, scan: FolderScan | None = None, strict: bool = False,
+                  in_channels: int | None = None, min_size: int | None = None) -> CheckReport:
+    """Read every file under `root` once; report problems and statistics (see the module docstring).
+
+    Empty masks are warnings (`strict`: problems; `allow_empty`: not reported). `in_channels` /
+    `min_size` (the model's input channels / smallest side) make images it cannot take problems.
+    """
     scan = scan or scan_folder(root, masks_dir, mask_suffix, channels)
     report = CheckReport(Path(root))
     add = report.problems.append
@@ -124,6 +145,7 @@ def check_dataset(root: str | os.PathLike, masks_dir: str | os.PathLike | None =
     acc = _IntensityAccumulator()
     dtypes: set[str] = set()
     spacings: list[tuple[float, ...]] = []
+    affines: dict[str, Any] = {}
     rng = np.random.default_rng(0)
     for case in scan.cases:
         parts, bad = [], False
@@ -143,6 +165,7 @@ def check_dataset(root: str | os.PathLike, masks_dir: str | os.PathLike | None =
             dtypes.add(str(array.dtype))
             if meta is not None:
                 spacings.append(meta.spacing)
+                affines.setdefault(case.name, (meta.affine, meta.spacing))
         if case.mask is None:
             add((str(case.images[0]), "image without mask"))
         if bad or not parts:
@@ -152,12 +175,73 @@ def check_dataset(root: str | os.PathLike, masks_dir: str | os.PathLike | None =
         channel_count[case.name] = image.shape[0]
         first_file[case.name] = case.images[0]
         acc.add(image, rng)
+        _check_fits_model(image, case.images[0], in_channels, min_size, add)
 
     _check_channels(channel_count, first_file, add)
     labels_by_case = _read_masks(scan, shapes, spatial_dims, add)
+    _check_label_geometry(scan, affines, add)
+    empty = report.problems.append if strict else report.warnings.append
     report.stats = _statistics(scan, shapes, channel_count, dtypes, spacings, acc, labels_by_case,
-                               num_classes, mask_kind, allow_empty, add)
+                               num_classes, mask_kind, allow_empty, add, empty)
     return report
+
+
+def _check_fits_model(image: np.ndarray, path: Path, in_channels: int | None, min_size: int | None,
+                      add: Any) -> None:
+    channels = image.shape[0]
+    if in_channels is not None and channels != in_channels:
+        what = " (RGB)" if channels == 3 else " (RGBA)" if channels == 4 else ""
+        add((str(path), f"has {channels} channel(s){what} but the model takes in_channels={in_channels}; "
+                        f"set --in-channels {channels} (model.in_channels: {channels} in the config)"
+                        + (" or save the images as greyscale" if in_channels == 1 else "")))
+    if min_size is not None and min(image.shape[1:]) < min_size:
+        add((str(path), f"size {_fmt(image.shape[1:])} is smaller than the model's smallest input "
+                        f"({min_size} per side: its total stride); use a shallower model or larger images"))
+
+
+def _check_label_geometry(scan: FolderScan, affines: dict[str, Any], add: Any) -> None:
+    """NIfTI labels must sit where their image sits: same orientation, spacing and origin."""
+    from unetkit.data.io import NIFTI_SUFFIXES, suffix_of
+
+    tol = AFFINE_TOLERANCE
+    for case in scan.cases:
+        if case.mask is None or case.name not in affines or suffix_of(case.mask) not in NIFTI_SUFFIXES:
+            continue
+        try:
+            import nibabel as nib
+
+            label_affine = np.asarray(nib.load(str(case.mask)).affine, dtype=np.float64)
+        except Exception:  # unreadable masks are reported by _read_masks
+            continue
+        image_affine = np.asarray(affines[case.name][0], dtype=np.float64)
+        img_zoom = np.linalg.norm(image_affine[:3, :3], axis=0)
+        lab_zoom = np.linalg.norm(label_affine[:3, :3], axis=0)
+        issues = []
+        if np.any(np.abs(lab_zoom - img_zoom) > tol["spacing"] * np.maximum(img_zoom, 1e-12)):
+            issues.append(f"spacing {_zooms(lab_zoom)} vs the image's {_zooms(img_zoom)}")
+        cosines_img = image_affine[:3, :3] / np.maximum(img_zoom, 1e-12)
+        cosines_lab = label_affine[:3, :3] / np.maximum(lab_zoom, 1e-12)
+        if np.any(np.abs(cosines_img - cosines_lab) > tol["direction"]):
+            issues.append(f"orientation {_axcodes(label_affine)} vs the image's {_axcodes(image_affine)}")
+        shift = float(np.linalg.norm(label_affine[:3, 3] - image_affine[:3, 3]))
+        if shift > tol["origin_voxels"] * float(img_zoom.min()):
+            issues.append(f"origin shifted by {shift:.4g} mm")
+        if issues:
+            add((str(case.mask), "label geometry differs from its image: " + "; ".join(issues)
+                 + " (resample the label onto the image grid)"))
+
+
+def _zooms(z: np.ndarray) -> str:
+    return "x".join(f"{v:.4g}" for v in z)
+
+
+def _axcodes(affine: np.ndarray) -> str:
+    try:
+        import nibabel as nib
+
+        return "".join(str(c) for c in nib.aff2axcodes(affine))
+    except Exception:
+        return "?"
 
 
 def _read_masks(scan: FolderScan, shapes: dict[str, tuple[int, ...]], spatial_dims: int | None,
@@ -189,7 +273,7 @@ def _check_channels(channel_count: dict[str, int], first_file: dict[str, Path], 
 
 def _statistics(scan: FolderScan, shapes: dict, channel_count: dict, dtypes: set, spacings: list,
                 acc: "_IntensityAccumulator", labels_by_case: dict[str, np.ndarray], num_classes: int | None,
-                mask_kind: str, allow_empty: bool, add: Any) -> dict[str, Any]:
+                mask_kind: str, allow_empty: bool, add: Any, empty: Any = None) -> dict[str, Any]:
     profiles = profile_masks(list(labels_by_case.values()))
     uniques = {name: profile.values for name, profile in zip(labels_by_case, profiles)}
     palette = mask_kind == "auto" and any(is_palette_mask(c.mask) for c in scan.cases if c.name in uniques)
@@ -207,7 +291,7 @@ def _statistics(scan: FolderScan, shapes: dict, channel_count: dict, dtypes: set
                             + (f" with {num_classes} classes" if num_classes and kind == "classes" else "")))
             continue
         if value_kind(values) == "empty" and not allow_empty:
-            add((mask_file, "empty mask (background only)"))
+            (empty or add)((mask_file, "empty mask (background only)"))
         semantic, inst = to_semantic(labels, kind)
         counts = np.bincount(semantic.ravel())
         for k, n in enumerate(counts):

@@ -40,13 +40,14 @@ _STRUCTURE_MASKS = 16  # masks whose connected regions are measured (evenly spre
 
 
 def value_kind(values: Iterable[int]) -> str:
-    """'binary01', 'binary255' (a {0, 255} mask), 'empty' (background only) or 'other'."""
+    """'binary01', 'binary255' (a {0, 255} mask; {0, 65535} too, as 16-bit tools such as Fiji save
+    binary masks), 'empty' (background only) or 'other'."""
     values = set(int(v) for v in values)
     if values <= {0}:
         return "empty"
     if values <= {0, 1}:
         return "binary01"
-    if values <= {0, 255}:
+    if values <= {0, 255} or values <= {0, 65535}:
         return "binary255"
     return "other"
 

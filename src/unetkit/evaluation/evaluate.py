@@ -3,7 +3,9 @@
 Outputs in `out_dir`:
     per_image.csv   one row per image and class: dice, iou, precision, recall, hd95, pixel counts
     per_class.csv   per class: mean / std / median Dice and means of the other metrics
-    objects.csv     (objects=True) per image: object tp, fp, fn, precision, recall, f1 at IoU >= threshold
+    objects.csv     (objects=True) per image: object tp, fp, fn, precision, recall, f1 at IoU >= threshold,
+                    and which ground truth it used: the instance labels of `instances/` where the
+                    folder has them (as `write-dataset` writes), else connected components of the mask
     summary.json    dataset-level numbers (mean foreground Dice, per class, objects) and what they cover
     dice.png        per-image Dice distribution: histogram and box plot per class
 
@@ -29,7 +31,7 @@ from unetkit.data.folder import scan_folder
 from unetkit.data.io import is_image_file, read_mask, stem_of
 from unetkit.errors import DataError
 from unetkit.evaluation.measure import match_instances, write_rows_csv
-from unetkit.evaluation.postprocess import instances_from_labels
+from unetkit.evaluation.postprocess import instances_from_labels, remove_small_instances
 from unetkit.io.atomic import atomic_path
 from unetkit.io.figures import new_figure, save_figure
 from unetkit.metrics import confusion_counts, dice, hausdorff_distance_95, iou, precision, recall
@@ -42,7 +44,7 @@ def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_
                     masks_dir: str | os.PathLike | None = None, num_classes: int | None = None,
                     class_names: Sequence[str] | None = None, ignore_index: int | None = None,
                     include_background: bool = False, hd95: bool = True, objects: bool = False,
-                    split: bool = False, min_distance: int = 5, iou_threshold: float = 0.5,
+                    split: bool = False, min_distance: int = 5, iou_threshold: float = 0.5, min_size: int = 0,
                     spacing: Sequence[float] | None = None, overwrite: bool = False,
                     predictor_options: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """Evaluate predictions of `source` on the labelled images of `data_dir`.
@@ -54,8 +56,10 @@ def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_
             names the masks folder explicitly.
         num_classes: classes including background (default: from the model; for a predictions
             folder, 2 when the masks are binary (0/1 or 0/255), else the largest label + 1).
-        objects: also score object detection (instances = connected components per class, the
-            prediction's split by watershed when `split`) with `match_instances`.
+        objects: also score object detection with `object_scores`: predicted instances are connected
+            components per class (split by watershed when `split`, smaller than `min_size` removed);
+            true instances are the case's instance labels (`instances/`) when present, else the
+            connected components of its mask. summary.json says which.
         spacing: pixel size for HD95 (default: pixels).
     Returns:
         the summary dict (also written to summary.json).
@@ -86,11 +90,17 @@ def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_
             raise DataError(f"{case.mask}: mask shape {true.shape} != prediction shape {pred.shape}")
         rows += _image_rows(case.name, pred, true, classes, names, num_classes, ignore_index, hd95, spacing)
         if objects:
-            scores = match_instances(instances_from_labels(pred, split=split, min_distance=min_distance),
-                                     instances_from_labels(np.where(true == ignore_index, 0, true)
-                                                           if ignore_index is not None else true),
-                                     iou_threshold)
-            object_rows.append({"image": case.name, **scores})
+            true_instances = None
+            if case.instances is not None:
+                true_instances = read_mask(case.instances)
+                if true_instances.shape != true.shape:
+                    raise DataError(f"{case.instances}: instance labels {true_instances.shape} != mask {true.shape}")
+                if ignore_index is not None:
+                    true_instances = np.where(true == ignore_index, 0, true_instances)
+            scores = object_scores(pred, true, true_instances, split=split, min_distance=min_distance,
+                                   min_size=min_size, iou_threshold=iou_threshold, ignore_index=ignore_index)
+            object_rows.append({"image": case.name, **scores,
+                                "ground_truth": "instances" if true_instances is not None else "components"})
     summary = _summary(rows, object_rows, classes, names, source, data_dir, num_classes, iou_threshold)
     write_rows_csv(rows, out_dir / "per_image.csv", overwrite=overwrite)
     write_rows_csv(summary.pop("_class_rows"), out_dir / "per_class.csv", overwrite=overwrite)
@@ -100,6 +110,30 @@ def evaluate_folder(source: str | os.PathLike, data_dir: str | os.PathLike, out_
         tmp.write_text(json.dumps(_json_safe(summary), indent=2))
     dice_plot(rows, out_dir / "dice.png", overwrite=overwrite)
     return summary
+
+
+def object_scores(pred: np.ndarray, true: np.ndarray | None = None, true_instances: np.ndarray | None = None,
+                  split: bool = False, min_distance: int = 5, min_size: int = 0, iou_threshold: float = 0.5,
+                  ignore_index: int | None = None) -> dict[str, Any]:
+    """Object detection scores of predicted class labels `pred` (*S) against true instances.
+
+    Predicted instances: connected components per class (watershed-split when `split`), those under
+    `min_size` pixels dropped. Truth: `true_instances` when given (instance ids), else the connected
+    components of the class labels `true` (touching objects then merge: fewer, larger true objects).
+    Returns `match_instances`' scores plus `pred_objects` / `true_objects` counts. The demo scores
+    with this function too, so both report the same numbers for the same prediction.
+    """
+    pred_instances = instances_from_labels(pred, split=split, min_distance=min_distance)
+    if min_size > 0:
+        pred_instances = remove_small_instances(pred_instances, min_size)
+    if true_instances is None:
+        if true is None:
+            raise ValueError("object_scores needs true class labels or true instances")
+        true_instances = instances_from_labels(np.where(true == ignore_index, 0, true)
+                                               if ignore_index is not None else true)
+    scores = match_instances(pred_instances, true_instances, iou_threshold)
+    return {**scores, "pred_objects": int(scores["tp"] + scores["fp"]),
+            "true_objects": int(scores["tp"] + scores["fn"])}
 
 
 def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int | None,
@@ -232,8 +266,20 @@ def _summary(rows: list[dict[str, Any]], object_rows: list[dict[str, Any]], clas
             "precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / (tp + fn) if tp + fn else 1.0,
             "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
             "f1_mean_per_image": float(np.mean([r["f1"] for r in object_rows])),
+            "true_objects": tp + fn, "pred_objects": tp + fp,
+            "ground_truth": _ground_truth_text(object_rows),
         }
     return summary
+
+
+def _ground_truth_text(object_rows: list[dict[str, Any]]) -> str:
+    n = sum(r["ground_truth"] == "instances" for r in object_rows)
+    if n == len(object_rows):
+        return "instance labels (instances/ folder)"
+    if n == 0:
+        return "connected components of the masks (no instances/ folder; touching objects count as one)"
+    return (f"instance labels for {n} image(s), connected components of the masks for "
+            f"{len(object_rows) - n} (no instance file)")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

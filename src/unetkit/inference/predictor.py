@@ -54,7 +54,10 @@ class Predictor:
                  class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
                  in_channels: int | None = None, blend: str = "gaussian", padding_mode: str = "reflect",
                  source: str = "model") -> None:
-        self.device = torch.device(device)
+        from unetkit.devices import resolve_device
+
+        check_options(overlap=overlap, batch_size=batch_size, threshold=threshold, roi_size=roi_size)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.spatial_dims = int(getattr(model, "spatial_dims", 2))
         self.num_classes = int(getattr(model, "num_classes", 1))
@@ -83,7 +86,11 @@ class Predictor:
 
         `overrides`: any `Predictor` argument (e.g. `threshold`, `mode`) replacing the file's value.
         """
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        from unetkit.devices import resolve_device
+
+        check_options(overlap=overlap, batch_size=batch_size, roi_size=roi_size,
+                      threshold=overrides.get("threshold"))  # before loading anything
+        device = str(resolve_device(device))
         model = load_model(path, map_location=device)
         meta = model.unetkit_meta
         extra = meta.get("extra") or {}
@@ -107,7 +114,11 @@ class Predictor:
             roi_size = 256 if dims == 2 else 96
         roi = (int(roi_size),) * dims if isinstance(roi_size, (int, np.integer)) else tuple(int(r) for r in roi_size)
         if len(roi) != dims:
-            raise ConfigError(f"roi_size {roi} does not match a {dims}D model")
+            raise ConfigError(f"window size (--roi) {roi} does not match a {dims}D model; give one size or {dims}")
+        need = self.min_input_size()
+        if min(roi) < need:
+            raise ConfigError(f"window size (--roi) {roi} is smaller than the network's total stride ({need}); "
+                              f"use at least {need} per axis (a multiple of {need} is best)")
         if self.valid_mode:  # snap to the nearest valid input size at or below the request
             snapped = []
             for r in roi:
@@ -125,12 +136,31 @@ class Predictor:
         """Predict a channel-first image `(C, *S)` (raw intensities; the model's preprocessing is applied)."""
         image = self.check_image(np.asarray(image), source)
         x = torch.from_numpy(normalize_image(image, self.preprocess))[None]
+        size = tuple(x.shape[2:])
+        x = self._pad_small(x)
         probs = sliding_window_inference(
             x, self._predict_windows, self.roi_size, overlap=self.overlap, blend=self.blend,
             batch_size=self.batch_size, padding_mode=self.padding_mode,
             output_size_fn=self.model.output_size if self.valid_mode else None, device=self.device,
         )[0].numpy()
+        probs = probs[(slice(None), *(slice(0, n) for n in size))]
         return Prediction(probs, self.to_labels(probs))
+
+    def min_input_size(self) -> int:
+        """The smallest side the network downsamples without running out of pixels (its total stride)."""
+        from unetkit.models.registry import min_input_size
+
+        return 1 if self.valid_mode else min_input_size(self.model)
+
+    def _pad_small(self, x: torch.Tensor) -> torch.Tensor:
+        """Images smaller than the network's total stride (1x1, 3x3, 1x300) are padded (mirrored,
+        edge-repeated when too small to mirror) to that size; the prediction is cropped back."""
+        need = self.min_input_size()
+        pads = [max(0, need - n) for n in x.shape[2:]]
+        if not any(pads):
+            return x
+        widths = [(0, 0), (0, 0)] + [(0, p) for p in pads]
+        return torch.from_numpy(np.pad(x.numpy(), widths, mode="symmetric"))
 
     def check_image(self, image: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
         """Check dims and channels against the model; a grey image stored as RGB(A) becomes one channel."""
@@ -248,9 +278,15 @@ class Predictor:
         as `{"image": path, "error": message}` and the others go on. With `measure`, also writes
         `out_dir/counts.csv`.
         """
-        from unetkit.evaluation.measure import write_rows_csv
-
         files = expand_inputs(inputs)
+        check_options(min_size=options.get("min_size"))
+        if not options.get("overwrite", False) and not skip_errors:  # refuse before any work
+            kinds = {k: options[k] for k in ("save_probabilities", "overlay", "measure") if k in options}
+            for path in files:
+                for target in self.output_paths(path, out_dir, **kinds).values():
+                    if target.exists():
+                        raise FileExistsError(f"{target} exists (from an earlier prediction); pass "
+                                              f"overwrite=True (--overwrite) or choose another output folder")
         if progress:
             from tqdm import tqdm
 
@@ -264,14 +300,51 @@ class Predictor:
                     raise
                 results.append({"image": path, "error": str(err)})
         if options.get("measure"):
-            rows = [{"image": r["image"].name, **r["counts"]} for r in results if "counts" in r]
-            names = sorted({k for r in rows for k in r} - {"image", "total"})
-            write_rows_csv(rows, Path(out_dir) / "counts.csv", overwrite=options.get("overwrite", False),
-                           columns=["image", *names, "total"])
+            update_counts(Path(out_dir), [{"image": r["image"].name, **r["counts"]} for r in results
+                                          if "counts" in r])
         return results
 
 
+def update_counts(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """Merge per-image rows into `out_dir/counts.csv`: a re-predicted image replaces its row, rows of
+    earlier images are kept while their objects/<stem>.csv is still there, so the file always lists
+    exactly the images measured in this folder."""
+    import csv
+
+    from unetkit.evaluation.measure import write_rows_csv
+
+    path = out_dir / "counts.csv"
+    merged: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("image") and (out_dir / "objects" / f"{stem_of(row['image'])}.csv").is_file():
+                    merged[row["image"]] = row
+    for row in rows:
+        merged[row["image"]] = row
+    names = sorted({k for r in merged.values() for k in r} - {"image", "total"})
+    table = [{**{n: 0 for n in names}, **r} for _, r in sorted(merged.items())]
+    return write_rows_csv(table, path, overwrite=True, columns=["image", *names, "total"])
+
+
 # ---- helpers ----------------------------------------------------------------------------------
+def check_options(overlap: float | None = None, batch_size: int | None = None, threshold: float | None = None,
+                  roi_size: int | Sequence[int] | None = None, min_size: int | None = None) -> None:
+    """Refuse prediction settings that cannot work, before any work (ConfigError naming the setting)."""
+    if overlap is not None and not 0.0 <= float(overlap) < 1.0:
+        raise ConfigError(f"overlap (--overlap) must be in [0, 1), got {overlap:g}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ConfigError(f"batch size (--batch-size) must be at least 1, got {batch_size}")
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise ConfigError(f"threshold (--threshold) is a probability in [0, 1], got {threshold:g}")
+    if min_size is not None and int(min_size) < 0:
+        raise ConfigError(f"minimum object size (--min-size) must be >= 0, got {min_size}")
+    if roi_size is not None:
+        sizes = [roi_size] if isinstance(roi_size, (int, np.integer)) else list(roi_size)
+        if not sizes or any(int(r) < 1 for r in sizes):
+            raise ConfigError(f"window size (--roi) must be positive, got {roi_size}")
+
+
 def read_input(path: str | os.PathLike, spatial_dims: int) -> tuple[np.ndarray, VolumeMeta | None]:
     """Read an image `(C, H, W)` or volume `(C, D, H, W)`; NIfTI keeps its `VolumeMeta` (2D: depth 1)."""
     path = Path(path)
@@ -306,6 +379,10 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             files += found
         elif Path(text).is_file():
             files.append(Path(text))
+        elif text.isdigit():
+            raise DataError(f"{text}: no such file or folder (a window size per axis is written --roi {text},{text})")
+        elif text.lower() in ("true", "false", "yes", "no", "on", "off"):
+            raise DataError(f"{text}: no such file or folder (flags such as --tta take no value)")
         else:
             raise DataError(f"{text}: no such file or folder")
     seen: dict[str, Path] = {}

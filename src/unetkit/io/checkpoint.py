@@ -16,12 +16,13 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unetkit.errors import ConfigError, UnetkitError
 from unetkit.io.atomic import atomic_path
 
 FORMAT = "unetkit-model"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnetkitError, ValueError):
     """A model file that cannot be read, or a model that cannot be saved."""
 
 
@@ -70,6 +71,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":  # torch.save's zip format: a training checkpoint, not a model file
+        raise CheckpointError(f"{path}: is a training checkpoint (checkpoints/*.pt, used by --resume), not a "
+                              f"model file; use the run folder's best.safetensors or last.safetensors")
     try:
         from safetensors import safe_open
 
@@ -101,7 +107,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: weights cannot be read ({err})") from None
-    model = create_model(meta["arch"], **meta["config"])
+    try:
+        model = create_model(meta["arch"], **meta["config"])
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild its '{meta['arch']}' model ({err})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

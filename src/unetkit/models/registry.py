@@ -81,7 +81,7 @@ def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.
     `unetkit.models.pretrained.load_pretrained`); the report is kept as `model.pretrained_report`.
     The weights are not part of the model's configuration (checkpoints hold the trained ones).
     """
-    entry = MODELS.entry(name)
+    entry = MODELS.check_kwargs(name, kwargs)
     model = entry.factory(**kwargs)
     if getattr(model, "unetkit_arch", None) is None:  # a preset assembling unregistered parts (hybrid)
         init_weights(model)
@@ -93,6 +93,16 @@ def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.
 
         model.pretrained_report = load_pretrained(model, pretrained)
     return model
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest side a same-padding model takes without running out of pixels: its encoder's
+    total stride (1 when unknown, e.g. valid-padding models that mirror their input to a valid size)."""
+    if getattr(model, "padding", "same") == "valid":
+        return 1
+    encoder = getattr(model, "encoder", None)
+    strides = list(getattr(encoder, "strides", None) or [1])
+    return max(int(strides[-1]), int(getattr(model, "size_divisor", 1) or 1), 1)
 
 
 def list_models(pattern: str = "*") -> list[str]:

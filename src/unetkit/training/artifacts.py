@@ -43,8 +43,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, monitor: str = "dice"
         if pts:
             ax_loss.plot(*zip(*pts), style, marker=".", label=key.replace("_", " "))
     ax_loss.set_xlabel("epoch"); ax_loss.set_ylabel("loss"); ax_loss.set_title("loss"); ax_loss.legend()
-    metric_keys = sorted({k for r in history for k in r if k.startswith("val_") and k != "val_loss"
-                          and not k.endswith("_std")})
+    metric_keys = curve_metric_keys(history)
     for key in metric_keys:
         pts = [(e, r[key]) for e, r in zip(epochs, history) if _finite(r.get(key))]
         if pts:
@@ -54,6 +53,14 @@ def plot_curves(history: list[dict[str, Any]], path: Path, monitor: str = "dice"
         ax_metric.legend()
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def curve_metric_keys(history: list[dict[str, Any]]) -> list[str]:
+    """Validation columns drawn on the metric axis: scores in [0, 1] (Dice, IoU, ...), not the loss,
+    spreads, distances in pixels or counts such as val_num_images that would squash them."""
+    keys = {k for r in history for k in r if k.startswith("val_") and k != "val_loss"}
+    return sorted(k for k in keys if not k.endswith(("_std", "_count", "_counted")) and "num_" not in k
+                  and "hd95" not in k and all(not _finite(r.get(k)) or -1e-9 <= r[k] <= 1 + 1e-9 for r in history))
 
 
 def _finite(value: Any) -> bool:

@@ -48,6 +48,7 @@ class DataConfig:
     weight_map_sigma: float = 5.0
     samples_per_epoch: Optional[int] = None  # patches per epoch (2D and 3D); None: one per case (3D: 4), >= a batch
     oversample_foreground: float = 0.33
+    strict: bool = False  # empty masks (background only) are errors, not warnings
 
 
 @dataclass
@@ -108,6 +109,35 @@ class TrainConfig:
     device: str = "auto"
     threads: Optional[int] = None  # CPU threads for PyTorch (None: its default); plans time both
 
+    def validate(self) -> "TrainConfig":
+        """Refuse settings that cannot work, before any work (ConfigError naming the field)."""
+        from unetkit.devices import resolve_device
+
+        checks = [
+            (self.epochs >= 1, "epochs", "at least 1"), (self.data.batch_size >= 1, "data.batch_size", "at least 1"),
+            (self.model.spatial_dims in (2, 3), "model.spatial_dims", "2 or 3"),
+            (self.model.in_channels >= 1, "model.in_channels", "at least 1"),
+            (self.model.num_classes >= 1, "model.num_classes", "at least 1 (1 = binary)"),
+            (0.0 <= self.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)"),
+            (self.optim.lr > 0, "optim.lr", "positive"), (self.val_every >= 1, "val_every", "at least 1"),
+            (self.accumulate >= 1, "accumulate", "at least 1"),
+            (self.progress in ("bar", "quiet", "json"), "progress", "bar, quiet or json"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps", "at least 1"),
+            (self.optim.name.lower() in ("adam", "adamw", "sgd"), "optim.name", "adam, adamw or sgd"),
+            (self.optim.name.lower() != "sgd" or not self.optim.nesterov or self.optim.momentum > 0,
+             "optim.momentum", "> 0 for SGD with Nesterov momentum (or set optim.nesterov=false)"),
+            (self.schedule.name in ("plateau", "cosine", "step", "poly", "none"), "schedule.name",
+             "plateau, cosine, step, poly or none"),
+            (all(isinstance(p, int) and p >= 1 for p in self.data.patch_size), "data.patch_size",
+             "positive integers"),
+        ]
+        for ok, name, want in checks:
+            if not ok:
+                value = _get(self, name)
+                raise ConfigError(f"'{name}' must be {want}, got {value!r}")
+        resolve_device(self.device)
+        return self
+
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +183,12 @@ class TrainConfig:
                 raise ConfigError(f"unknown config field '{key}' in override '{item}'")
             node[parts[-1]] = yaml.safe_load(raw)
         return TrainConfig.from_dict(data)
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def _is_free_dict(key: str) -> bool:

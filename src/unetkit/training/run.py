@@ -17,7 +17,6 @@ An empty validation set is an error unless `no_val` (train on everything, keep t
 """
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from torch.utils.data import Dataset
 from unetkit.errors import ConfigError
 from unetkit.training.config import TrainConfig
 from unetkit.training.distributed import DistContext
-from unetkit.training.trainer import (FitResult, Trainer, default_run_name, prepare_run_dir,
+from unetkit.training.runfolder import RunFolder, sigterm_as_interrupt
+from unetkit.training.trainer import (FitResult, Trainer, build_loss, default_run_name,
                                       validation_metric_names)
 
 
@@ -46,23 +46,32 @@ def train(config: TrainConfig | None, resume: str | Path | None = None, **traine
         config = TrainConfig.from_yaml(resume / "config.yaml")
     elif config is None:
         raise ConfigError("train() needs a config, or resume= a run folder")
-    check_monitor(config)  # before any folder is made or any epoch is run
+    else:
+        absolute_data_paths(config)  # config.yaml must not depend on the working directory
+    # everything that can be checked without data, before any file is touched
+    config.validate()
+    model_min_size = check_model_config(config)
+    build_loss(config)
+    check_monitor(config)  # the monitored metric exists, before any folder is made or any epoch is run
     dist = DistContext.from_env("cuda" if torch.cuda.is_available() and config.device != "cpu" else "cpu")
     if resume is not None:
         run_dir = resume
     else:
         run_dir = Path(config.out_dir) / dist.broadcast_object(default_run_name(config))
         config.name = run_dir.name
-    prepare_run_dir(config, run_dir, resume is not None, dist)
+    folder = RunFolder(run_dir, config, dist)  # open() refuses a folder it may not use before any change
     try:
-        train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None)
-        if config.max_minutes is not None and trainer_kwargs.get("deadline") is None:
-            trainer_kwargs["deadline"] = started + 60 * config.max_minutes
-        trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
-                          extra_meta=meta, infer=window_infer(config), run_dir_ready=True, **trainer_kwargs)
-    except Exception:
-        if resume is None and dist.is_main:  # the folder holds nothing but what we just wrote
-            shutil.rmtree(run_dir, ignore_errors=True)
+        with sigterm_as_interrupt():
+            folder.open(resume is not None)  # a replaced run is moved aside
+            train_set, val_set, meta = build_datasets(config, run_dir, resuming=resume is not None,
+                                                      min_size=model_min_size)
+            if config.max_minutes is not None and trainer_kwargs.get("deadline") is None:
+                trainer_kwargs["deadline"] = started + 60 * config.max_minutes
+            trainer = Trainer(config, train_set, val_set, run_dir=run_dir, resume=resume is not None,
+                              extra_meta=meta, infer=window_infer(config), run_dir_ready=True,
+                              run_folder=folder, **trainer_kwargs)
+    except BaseException:
+        folder.abandon()  # nothing half-made kept; a replaced run is put back
         raise
     try:
         return trainer.fit()
@@ -80,7 +89,36 @@ def check_monitor(config: TrainConfig) -> None:
                           f"{', '.join(sorted(available))}")
 
 
-def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -> tuple[Dataset, Dataset | None, dict]:
+def absolute_data_paths(config: TrainConfig) -> TrainConfig:
+    """Data paths made absolute, so that `--resume` works from any working directory."""
+    data = config.data
+    for name in ("images", "masks", "split_file"):
+        value = getattr(data, name)
+        if value:
+            setattr(data, name, str(Path(value).expanduser().resolve()))
+    return config
+
+
+def check_model_config(config: TrainConfig) -> int:
+    """Build the configured model on the meta device (no memory, no random numbers drawn): an unknown
+    name or option is a ConfigError now, not after the data is read. Returns its smallest input side."""
+    from unetkit.models import create_model
+    from unetkit.models.registry import min_input_size
+
+    m = config.model
+    try:
+        with torch.device("meta"):
+            model = create_model(m.name, spatial_dims=m.spatial_dims, in_channels=m.in_channels,
+                                 num_classes=m.num_classes, **m.kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model '{m.name}' cannot be built with model.kwargs {m.kwargs}: {err}") from None
+    return min_input_size(model)
+
+
+def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False, min_size: int | None = None
+                   ) -> tuple[Dataset, Dataset | None, dict]:
     """(train set, validation set or None with `no_val`, metadata for the model file) for `config.data`.
 
     A source with a single image or volume is split by region (`region_split`); an empty validation
@@ -109,11 +147,12 @@ def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False) -
         images, masks = Path(data.images), Path(data.masks) if data.masks else None
     else:
         raise ConfigError("no training data: set data.images (a folder) or data.dataset (a sample dataset)")
-    return folder_datasets(config, images, masks, run_dir, resuming)
+    return folder_datasets(config, images, masks, run_dir, resuming, min_size)
 
 
 def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_dir: Path,
-                    resuming: bool) -> tuple[Dataset, Dataset | None, dict]:
+                    resuming: bool, min_size: int | None = None) -> tuple[Dataset, Dataset | None, dict]:
+    from unetkit.data.augment import build_augmentation
     from unetkit.data.checks import check_dataset
     from unetkit.data.dataset import SegmentationDataset
     from unetkit.data.folder import scan_folder
@@ -125,13 +164,11 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     # builds a K-class model (data.mask_kind=binary merges all labels into one foreground instead)
     report = check_dataset(images, masks, mask_suffix=data.mask_suffix or None,
                            num_classes=config.model.num_classes if config.model.num_classes > 1 else None,
-                           mask_kind=data.mask_kind, spatial_dims=dims, scan=scan)
+                           mask_kind=data.mask_kind, spatial_dims=dims, scan=scan, strict=data.strict,
+                           in_channels=config.model.in_channels, min_size=min_size)
     report.raise_if_problems()  # training refuses data with problems, with check-data's table
-    channels = report.stats.get("channels") or []
-    if channels and config.model.in_channels != channels[0]:
-        raise ConfigError(f"{images}: the images have {channels[0]} channel(s) but model.in_channels is "
-                          f"{config.model.in_channels}; set --in-channels {channels[0]} (a planned run, "
-                          "`unetkit train --images DIR` alone, takes it from the data)")
+    if report.warnings:
+        print(report.format_warnings(), file=sys.stderr, flush=True)
     mask_kind = report.stats["mask_kind"]  # decided once, for the training and the validation set
     if config.model.num_classes <= 1 and mask_kind == "classes" and report.stats["num_classes"] > 2:
         config.model.num_classes = int(report.stats["num_classes"])

@@ -15,6 +15,15 @@ from unetkit.training.config import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    try:
+        return _build_optimizer(params, cfg)
+    except ValueError as err:  # torch's own argument checks (betas, momentum, ...)
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"optim: {err}") from None
+
+
+def _build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
     name = cfg.name.lower()
     if name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,17 +27,19 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from unetkit.data.loader import make_loader
-from unetkit.errors import ConfigError, DataError, TrainingError
+from unetkit.errors import ConfigError, DataError, Interrupted, TrainingError
 from unetkit.io.checkpoint import save_model
 from unetkit.models import create_model
 from unetkit.models.blocks import center_crop
 from unetkit.training import artifacts as runlog
 from unetkit.training.config import TrainConfig
 from unetkit.training.distributed import DistContext
+from unetkit.training.runfolder import RunFolder
 from unetkit.training.schedule import LRSchedule, build_optimizer
 from unetkit.training.seeding import EpochSampler, SeededDataset, derive_seed, seed_everything
 from unetkit.training.state import load_training_state, rng_state, save_training_state, set_rng_state
 
+DIVERGENCE_FACTOR = 10.0  # warn when the training loss exceeds this multiple of epoch 1's
 HIGHER_IS_BETTER = {"dice", "iou", "precision", "recall", "specificity", "accuracy", "f1"}
 
 
@@ -72,6 +76,7 @@ class Trainer:
         infer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
         run_dir_ready: bool = False,
         deadline: float | None = None,
+        run_folder: RunFolder | None = None,
     ) -> None:
         """deadline: `time.monotonic()` by which the run must end (default: `config.max_minutes` after
         `fit()` starts); training stops early enough to validate and save before it."""
@@ -136,8 +141,12 @@ class Trainer:
         if run_dir is None:
             run_dir = Path(config.out_dir) / self.dist.broadcast_object(default_run_name(config))
         self.run_dir = Path(run_dir)
-        if not run_dir_ready:
-            prepare_run_dir(config, self.run_dir, resume, self.dist)
+        self.run_folder = run_folder
+        if not run_dir_ready and run_folder is None:
+            self.run_folder = prepare_run_dir(config, self.run_dir, resume, self.dist)
+        self.warnings: list[str] = []
+        self._stop_signal: int | None = None
+        self._warn_unsynced_batchnorm()
         if resume:
             self._restore(load_training_state(self.run_dir / "checkpoints" / "last.pt"))
         self.tb = runlog.TensorBoardLog(self.run_dir / "tensorboard",
@@ -176,6 +185,20 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> FitResult:
+        """Train to the end; SIGINT / SIGTERM stop after the current step (Interrupted, exit code 130),
+        and a run that fails before its first checkpoint leaves nothing behind (see RunFolder)."""
+        try:
+            with self._stop_on_signals():
+                return self._fit()
+        except BaseException as err:
+            removed = self.run_folder.abandon() if self.run_folder is not None else False
+            if isinstance(err, Interrupted) or not removed or not isinstance(err, TrainingError):
+                raise
+            back = "; the run it replaced is back" if self.run_dir.exists() else ""
+            raise TrainingError(f"{err}. No checkpoint had been written, so the new run folder was removed{back}") \
+                from None
+
+    def _fit(self) -> FitResult:
         cfg = self.cfg
         if self.deadline is None and cfg.max_minutes is not None:
             self.deadline = time.monotonic() + 60 * cfg.max_minutes
@@ -210,34 +233,83 @@ class Trainer:
             self.tb.close()
         if self.dist.is_main:
             runlog.write_json(self.report(stopped_early), self.run_dir / "report.json")
+        if self.run_folder is not None:
+            self.run_folder.commit()
         return FitResult(self.run_dir, self.best_epoch, self.best_value, self.history, stopped_early)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """The first SIGINT / SIGTERM asks to stop after the current step; a second SIGINT abandons it.
+        Handlers are installed only in the main thread (signal's rule) and restored afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # asked twice: abandon the step (nothing half-written is kept)
+            self._stop_signal = signum
+            if self.dist.is_main:
+                with contextlib.suppress(OSError):  # stderr may be a closed pipe
+                    print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to abandon "
+                          "it)", file=sys.stderr, flush=True)
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _interrupted(self) -> Interrupted:
+        if self.epoch >= 1:
+            return Interrupted(f"stopped at epoch {self.epoch}; continue with `unetkit train --resume {self.run_dir}`")
+        kept = "the run it replaces was restored" if getattr(self.run_folder, "replaced", None) else "nothing was kept"
+        return Interrupted(f"stopped during epoch 1, before the first checkpoint; {kept}")
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         self.net.train()
         self.train_loader.sampler.set_epoch(epoch)
         torch.manual_seed(derive_seed(cfg.seed, epoch, 0xD0))  # dropout etc.: a function of the epoch
-        totals = torch.zeros(3, dtype=torch.float64)  # loss * n, n, non-finite flag
+        totals = torch.zeros(4, dtype=torch.float64)  # loss * n, n, non-finite flag, stop requested
         data_time = compute_time = 0.0
         images_seen = 0
         lr_at_start = self.schedule.lr  # the rate this epoch starts with (logged)
         bar = self._progress(len(self.train_loader), f"epoch {epoch}/{cfg.epochs}")
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        for i, batch in enumerate(self.train_loader):
+        batches = iter(self.train_loader)
+        for i in range(len(self.train_loader)):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception:
+                if self._stop_signal is not None:  # loader workers hit by the same Ctrl-C
+                    raise self._interrupted() from None
+                raise
             t1 = time.perf_counter()
             data_time += t1 - t0
             last_micro = (i + 1) % cfg.accumulate == 0 or i + 1 == len(self.train_loader)
             loss = self._forward_backward(batch, sync=last_micro)
             stats = torch.tensor([loss * len(batch["image"]), len(batch["image"]),
-                                  0.0 if math.isfinite(loss) else 1.0], dtype=torch.float64)
-            self.dist.all_reduce_sum(stats)
+                                  0.0 if math.isfinite(loss) else 1.0, float(self._stop_signal is not None)],
+                                 dtype=torch.float64)
+            self.dist.all_reduce_sum(stats)  # every rank learns of a non-finite loss or a stop request
             if stats[2] > 0:
+                kept = f"; {self.run_dir} keeps checkpoints/last.pt from epoch {self.epoch}" if self.epoch >= 1 else ""
                 raise TrainingError(
                     f"non-finite loss at epoch {epoch}, batch {i + 1} (optimiser step {self.step + 1}); "
-                    f"samples: {', '.join(map(str, batch.get('name', []))) or 'unnamed'}. The run directory "
-                    f"{self.run_dir} keeps its last good checkpoint; lower optim.lr or check the data")
+                    f"samples: {', '.join(map(str, batch.get('name', []))) or 'unnamed'}. Lower optim.lr "
+                    f"(now {self.cfg.optim.lr:g}) or check the data{kept}")
+            if stats[3] > 0:  # the step was not taken: resume repeats this epoch from its start
+                raise self._interrupted()
             totals += stats
+            if self.epoch == 0 and i == 0:
+                self._initial_loss = float(stats[0] / max(1.0, float(stats[1])))
             if last_micro:
                 self._optimizer_step()
             images_seen += int(stats[1])
@@ -368,6 +440,9 @@ class Trainer:
                 save_training_state(ckpt / "best.pt", state)
                 save_model(self.model, self.run_dir / "best.safetensors", extra=self.model_meta(), overwrite=True)
             self._improved = False
+            if self.run_folder is not None:
+                self.run_folder.commit()  # the first checkpoint exists: a replaced run may go now
+            self._check_divergence(row)
             runlog.write_history_csv(self.history, self.run_dir / "metrics.csv")
             runlog.plot_curves(self.history, self.run_dir / "curves.png", self.cfg.monitor)
             self.tb.scalars({k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
@@ -379,6 +454,34 @@ class Trainer:
                                            "data_wait_fraction"))
                 print(f"epoch {row['epoch']}: {shown}", flush=True)
         self.dist.barrier()
+
+    def _warn(self, message: str) -> None:
+        """Print a warning once per kind (its text up to the first colon) and keep it for report.json."""
+        if not any(w.split(":")[0] == message.split(":")[0] for w in self.warnings):
+            self.warnings.append(message)
+            if self.dist.is_main:
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _check_divergence(self, row: dict[str, Any]) -> None:
+        """Warn (once) when the training loss has grown far above where it started (the first batch's
+        loss of this run; after a resume, epoch 1's mean)."""
+        first = getattr(self, "_initial_loss", None)
+        if first is None:
+            first = self.history[0].get("train_loss") if self.history else None
+        loss = row.get("train_loss")
+        if first is None or loss is None or not (math.isfinite(first) and math.isfinite(loss)):
+            return
+        if loss > DIVERGENCE_FACTOR * max(first, 1e-8) and loss > 1.0:
+            self._warn(f"training is diverging: train loss {loss:.4g} in epoch {row['epoch']} against {first:.4g} "
+                       f"at the start; lower optim.lr (now {self.cfg.optim.lr:g}) and train again")
+
+    def _warn_unsynced_batchnorm(self) -> None:
+        if self.dist.enabled and not self.cfg.sync_batchnorm and \
+                any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            self._warn(f"BatchNorm statistics are computed per process ({self.dist.world_size} processes, "
+                       f"{self.cfg.data.batch_size // self.dist.world_size} images each); "
+                       + ("use sync_batchnorm=true on CUDA" if self.device.type == "cuda" else
+                          "SyncBatchNorm needs CUDA, so on the CPU use model.kwargs.norm=instance or group"))
 
     def training_state(self) -> dict[str, Any]:
         return {
@@ -416,7 +519,7 @@ class Trainer:
                 self.best_value if self.cfg.monitor in HIGHER_IS_BETTER else -self.best_value,
                 "validation": self.val_loader is not None, "stopped_by_budget": self._out_of_time,
                 "stopped_early": stopped_early, "last": last, "world_size": self.dist.world_size,
-                "device": str(self.device)}
+                "device": str(self.device), "warnings": list(self.warnings)}
 
     # ---- output helpers ----------------------------------------------------------------------
     def _time_left(self, reserve: float) -> float:
@@ -444,8 +547,9 @@ class Trainer:
             if image.dim() != 3:  # 2D only
                 continue
             foreground = dice(confusion_counts((pred[None] > 0).long(), (mask[None] > 0).long(), 2))[0, 1]
+            truth = mask[0].numpy() if mask.shape[-2:] == pred.shape[-2:] else None
             overlay_figure(image.float().numpy(), pred[0].numpy(), folder / f"epoch{epoch:03d}_{name}.png",
-                           title=f"epoch {epoch}\nDice {float(foreground):.3f}", overwrite=True)
+                           title=f"epoch {epoch}\nDice {float(foreground):.3f}", overwrite=True, truth=truth)
 
 
 def default_run_name(config: TrainConfig) -> str:
@@ -453,26 +557,10 @@ def default_run_name(config: TrainConfig) -> str:
     return config.name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.model.name}"
 
 
-def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, dist: DistContext) -> None:
-    """Check or create the run folder; never overwrite a previous run unless `config.overwrite`."""
-    run_dir = Path(run_dir)
-    if resume:
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise ConfigError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-        return
-    if dist.is_main and run_dir.exists() and any(run_dir.iterdir()):
-        if not config.overwrite:
-            raise ConfigError(f"{run_dir} exists and is not empty; choose another name, "
-                              "resume it (--resume) or pass --overwrite")
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"{run_dir} does not look like a unetkit run (no config.yaml); "
-                              "refusing to overwrite it")
-        shutil.rmtree(run_dir)
-    dist.barrier()
-    if dist.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        config.to_yaml(run_dir / "config.yaml")
-    dist.barrier()
+def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, dist: DistContext) -> RunFolder:
+    """Check or create the run folder (unetkit.training.runfolder): a previous run is replaced only
+    with `config.overwrite`, only when it is a unetkit run, and only once the new run has started."""
+    return RunFolder(run_dir, config, dist).open(resume)
 
 
 def validation_metric_names(num_classes: int) -> set[str]:
