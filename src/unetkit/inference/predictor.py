@@ -27,7 +27,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ from unetkit.errors import ConfigError, DataError
 from unetkit.inference.sliding_window import sliding_window_inference
 from unetkit.inference.tta import tta_predict
 from unetkit.io.checkpoint import CheckpointError, load_model
-from unetkit.training.distributed import DistContext
+
+if TYPE_CHECKING:  # unetkit.training imports this module (cross-validation predicts its folds)
+    from unetkit.training.distributed import DistContext
 
 MODES = ("binary", "multiclass", "multilabel")
 ENSEMBLE_MANIFEST = "ensemble.json"  # written by unetkit.training.cv in a cross-validation run folder
@@ -434,6 +436,9 @@ class Predictor:
         `counts.csv`. Every process returns the combined results, in input order. Without
         `skip_errors` a process stops at its first error and, after the gather, all processes raise it.
         """
+        from unetkit.training.distributed import DistContext
+
+        ctx = dist or DistContext()
         files = expand_inputs(inputs)
         check_options(min_size=options.get("min_size"))
         if not options.get("overwrite", False) and not skip_errors and not resume:  # refuse before any work
@@ -444,7 +449,7 @@ class Predictor:
                         raise FileExistsError(f"{target} exists (from an earlier prediction); pass "
                                               f"overwrite=True (--overwrite), resume=True (--resume) to skip "
                                               f"finished images, or choose another output folder")
-        ctx = dist or DistContext()
+        ctx.barrier()  # every process has checked the outputs before any process writes one
         mine = list(enumerate(files))[ctx.rank::ctx.world_size]
         if progress and ctx.is_main:
             from tqdm import tqdm
