@@ -15,6 +15,7 @@ from unetkit.models.hybrid import DECODERS, ENCODERS, hybrid
 from unetkit.models.multitask import MultiTaskLoss, MultiTaskUNet
 from unetkit.models.temporal import TemporalUNet
 from unetkit.models.multimodal import MultiModalUNet
+from unetkit.models.resenc import RESENC_PRESETS, ResEncUNet
 
 __all__ = [
     "MODELS", "create_model", "list_models", "model_info", "register_model",
@@ -22,5 +23,5 @@ __all__ = [
     "count_flops", "count_parameters", "model_flops",
     "UNetPlusPlus", "AttentionUNet", "attention_maps", "UNet3Plus", "MobileUNet", "unet_lite", "unet_realtime",
     "TransUNet", "SwinUNet", "NNFormer", "ENCODERS", "DECODERS", "hybrid",
-    "MultiTaskUNet", "MultiTaskLoss", "TemporalUNet", "MultiModalUNet",
+    "MultiTaskUNet", "MultiTaskLoss", "TemporalUNet", "MultiModalUNet", "ResEncUNet", "RESENC_PRESETS",
 ]
