@@ -163,7 +163,9 @@ def test_import_gives_equal_outputs(dims: int, tmp_path) -> None:
         # nnU-Net's checkpoint layout, with the numpy scalars its logging holds
         torch.save({"network_weights": net.state_dict(), "current_epoch": 3, "trainer_name": "nnUNetTrainer",
                     "logging": {"mean_fg_dice": [np.float64(0.5), np.float32(0.25)]},
-                    "init_args": {"configuration": "3d_fullres", "plans": {"configurations": {}}}}, path)
+                    "_best_ema": np.float64(0.4), "inference_allowed_mirroring_axes": (0, 1),
+                    "init_args": {"configuration": "3d_fullres", "plans": {"configurations": {}}, "fold": 0,
+                                  "device": torch.device("cpu")}}, path)
         model = load_nnunet(path)
         report = model.nnunet_import_report
         x = torch.randn(2, 2, *([16] * dims))
@@ -197,3 +199,22 @@ def test_import_rejects_unknown_and_unsupported_tensors() -> None:
     state["decoder.transpconvs.0.weight"] = torch.zeros(8, 4, 1, 2)  # anisotropic stride (1, 2)
     with pytest.raises(CheckpointError, match="anisotropic"):
         nnunet_to_unetkit(state)
+
+
+def test_import_nnunet_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from unetkit.cli.main import app
+
+    net = _perturb(_HandPlainConvUNet(2, 1, (4, 8), 2))
+    torch.save({"network_weights": net.state_dict()}, tmp_path / "checkpoint_final.pth")
+    out = tmp_path / "m.safetensors"
+    runner = CliRunner()
+    res = runner.invoke(app, ["import-nnunet", str(tmp_path / "checkpoint_final.pth"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(unetkit.load_model(out)(x), net(x), atol=1e-5)
+    torch.save({"network_weights": {"x": torch.zeros(1)}}, tmp_path / "bad.pth")
+    res = runner.invoke(app, ["import-nnunet", str(tmp_path / "bad.pth"), "--out", str(tmp_path / "b.safetensors")])
+    assert res.exit_code == 1 and "nnU-Net" in res.output

@@ -123,3 +123,20 @@ def register(app: typer.Typer) -> None:
                 batches = (_calibration_batches if dims == 2 else _calibration_patches)(calibration, size, in_ch, spec)
                 quantize_int8(model, batches, out, example_shape=shape, overwrite=overwrite)
             typer.echo(f"wrote {out}")
+
+    @app.command("import-nnunet")
+    def import_nnunet(
+        checkpoint: Path = typer.Argument(..., help="nnU-Net v2 checkpoint_final.pth (or a saved state dict)."),
+        out: Path = typer.Option(..., "--out", help="Output unetkit model file (.safetensors)."),
+        deep_supervision: bool = typer.Option(False, help="Keep the deep-supervision heads."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    ) -> None:
+        """Convert an nnU-Net v2 PlainConvUNet / ResidualEncoderUNet checkpoint to a unetkit model file."""
+        from unetkit import save_model
+        from unetkit.models.nnunet_import import load_nnunet
+
+        with user_errors():
+            model = load_nnunet(checkpoint, deep_supervision=deep_supervision)
+            save_model(model, out, extra={"source": f"nnU-Net: {checkpoint.name}"}, overwrite=overwrite)
+            typer.echo(model.nnunet_import_report.summary())
+            typer.echo(f"wrote {out} ({model.unetkit_arch}); inputs must be preprocessed as nnU-Net did")
