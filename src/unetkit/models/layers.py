@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Union
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 LayerSpec = Union[str, type, Callable[..., nn.Module], None]
 
@@ -39,14 +41,22 @@ class InstanceNorm(nn.GroupNorm):
     channel, (x - mean) / sqrt(var + eps) * weight + bias, the same function and the same
     parameters (`weight`, `bias`; no running statistics) as `nn.InstanceNorm{1,2,3}d(C, affine=True)`.
 
-    Computed by the GroupNorm kernel with one group per channel, which on the CPU runs about
-    1.5x (forward + backward) to 2.5x (forward) faster than `nn.InstanceNorm3d` at U-Net sizes and
-    keeps channels-last inputs channels-last (InstanceNorm*d copies them to the default layout).
+    Default-layout inputs go through the GroupNorm kernel with one group per channel, which on
+    the CPU runs about 1.5x (forward + backward) to 2.5x (forward) faster than
+    `nn.InstanceNorm3d` at U-Net sizes, with the same accuracy (4.8e-7 max error against float64
+    here). Channels-last inputs take `F.instance_norm`, as `nn.InstanceNorm*d` does: the GroupNorm
+    kernel's channels-last path is about 5x less accurate (2.4e-6), enough to move weights
+    beyond 1e-5 after a few Adam steps (the DDP-vs-one-process test).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__(num_features, num_features, eps=eps, affine=True)
         self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
 
 def _check_dims(spatial_dims: int) -> None:
