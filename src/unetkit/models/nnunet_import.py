@@ -4,7 +4,8 @@ nnU-Net's `checkpoint_final.pth` / `checkpoint_best.pth` is a dict with `network
 state dict of dynamic-network-architectures' network) and `init_args` (plans, configuration,
 dataset.json). A bare state dict works too. The architecture is read from the tensors'
 shapes (widths, blocks, convs per level, biases, kernel 3 and stride 2 everywhere) and checked
-against the plans when they are there; it becomes
+against the plans when they are there (the nonlinearity comes from the plans; without them
+nnU-Net's default, leaky ReLU 0.01, is assumed); it becomes
 
     PlainConvUNet        -> create_model("unet", down_mode="stride", norm=..., act=..., conv_bias=...)
     ResidualEncoderUNet  -> create_model("resenc-unet", ...)
