@@ -12,6 +12,10 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 "$PY" -m pip install --quiet -e ".[dev]"
+# nnU-Net's and MONAI's networks, for the side-by-side benchmarks and the nnU-Net import tests:
+# --no-deps keeps this torch (both need only torch and numpy)
+"$PY" -m pip install --quiet --no-deps "dynamic-network-architectures>=0.4" "monai>=1.3" || \
+  echo "setup: nnU-Net/MONAI peers not installed (offline?); their tests and benchmarks are skipped" >&2
 # The browser test drives Debian's chromium through selenium; install it where apt works and we are
 # root (the test skips with a message elsewhere). Never fatal: set-up goes on without it.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

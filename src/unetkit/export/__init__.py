@@ -17,7 +17,7 @@ def __getattr__(name: str):  # lazy: onnx / onnxruntime are optional
         from unetkit.export import onnx as _onnx
 
         return getattr(_onnx, name)
-    if name in ("quantize_int8", "quantize_onnx_int8", "image_tiles"):
+    if name in ("quantize_int8", "quantize_onnx_int8", "image_tiles", "volume_patches", "save_model_4bit"):
         from unetkit.export import quantize as _q
 
         return getattr(_q, name)

@@ -18,8 +18,10 @@ Measured figures for the classic U-Net are in BENCHMARKS.md at the repository ro
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -93,6 +95,131 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def channels_last_input(x: torch.Tensor) -> torch.Tensor:
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
     return x.contiguous(memory_format=fmt) if fmt is not None else x
+
+
+# ---- layout probe -------------------------------------------------------------------------------
+_LAYOUT_CACHE: dict[str, bool] = {}
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _probe_cache_file() -> Path:
+    root = os.environ.get("UNETKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "unetkit")
+    return Path(root) / "layout_probe.json"
+
+
+def _layout_key(model: nn.Module, shape: Sequence[int], train: bool) -> str:
+    import hashlib
+    import json
+
+    record = {"arch": getattr(model, "unetkit_arch", type(model).__name__),
+              "config": getattr(model, "unetkit_config", None),
+              "params": [list(p.shape) for p in model.parameters()][:64]}
+    digest = hashlib.sha1(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return (f"{_cpu_id()}|{torch.backends.cpu.get_cpu_capability()}|threads={torch.get_num_threads()}|"
+            f"torch={torch.__version__}|{digest}|{tuple(int(s) for s in shape)}|{'train' if train else 'infer'}")
+
+
+def probe_channels_last(model: nn.Module, example: torch.Tensor | Sequence[int], train: bool = True,
+                        repeats: int = 3, cache: bool = True, margin: float = 0.03,
+                        min_gflops: float = 1.0) -> bool:
+    """Whether channels-last (NHWC / NDHWC) runs `model` faster than the default layout on this
+    machine, measured: a training step's forward + backward (`train=True`) or an inference
+    forward on `example` (a batch or its shape), each layout warmed up, then `repeats`
+    interleaved rounds, medians; channels-last must win by `margin`. The model is not touched
+    (copies are timed) and the global RNG is restored. Decisions are cached per CPU, threads,
+    torch version, model and input shape, in memory and in `$UNETKIT_CACHE/layout_probe.json`
+    (default ~/.cache/unetkit), so the probe runs once per machine and model. Below `min_gflops`
+    forward GFLOPs on `example` there is nothing worth measuring: the default measured on the
+    CPUs this project was timed on is returned (2D channels-last, 3D default layout).
+    """
+    shape = tuple(example.shape) if isinstance(example, torch.Tensor) else tuple(example)
+    if len(shape) not in (4, 5):
+        return False
+    if min_gflops > 0:
+        from unetkit.models.summary import count_flops
+
+        try:
+            with torch.device("meta"):
+                meta = copy.deepcopy(model).to("meta")
+            gflops = count_flops(meta, (1, *shape[1:])) * shape[0] / 1e9
+        except Exception:  # no meta kernel for some op: measure
+            gflops = min_gflops
+        if gflops < min_gflops:
+            return len(shape) == 4
+    key = _layout_key(model, shape, train)
+    if cache and key in _LAYOUT_CACHE:
+        return _LAYOUT_CACHE[key]
+    path = _probe_cache_file()
+    if cache:
+        try:
+            import json
+
+            stored = json.loads(path.read_text())
+            if key in stored:
+                _LAYOUT_CACHE[key] = bool(stored[key])
+                return _LAYOUT_CACHE[key]
+        except (OSError, ValueError):
+            pass
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(shape, generator=gen).to(device)
+        runs = {}
+        for cl in (False, True):
+            m = copy.deepcopy(model).to(device)
+            m.train(train)
+            if cl:
+                to_channels_last(m)
+            xi = channels_last_input(x) if cl else x
+
+            def run(m: nn.Module = m, xi: torch.Tensor = xi) -> None:
+                if train:
+                    out = m(xi)
+                    loss = sum(o.float().square().mean() for o in (out if isinstance(out, (list, tuple)) else [out]))
+                    loss.backward()
+                    m.zero_grad(set_to_none=True)
+                else:
+                    with torch.inference_mode():
+                        m(xi)
+
+            run()  # warm-up (oneDNN primitive creation)
+            runs[cl] = (run, [])
+        for _ in range(max(1, repeats)):
+            for cl, (run, times) in runs.items():
+                times.append(_time_once(run))
+    import statistics
+
+    t_default, t_cl = (statistics.median(runs[c][1]) for c in (False, True))
+    decision = t_cl < (1.0 - margin) * t_default
+    _LAYOUT_CACHE[key] = decision
+    if cache:
+        try:
+            import json
+
+            from unetkit.io.atomic import atomic_path
+
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, ValueError):
+                stored = {}
+            stored[key] = decision
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
+        except OSError:  # read-only home: keep the in-memory decision
+            pass
+    return decision
 
 
 # ---- compile ------------------------------------------------------------------------------------
@@ -189,7 +316,7 @@ def optimize_for_inference(
     model: nn.Module,
     example: torch.Tensor | Sequence[int] | None = None,
     compile: bool | str = "auto",
-    channels_last: bool = True,
+    channels_last: bool | str = True,
     fold_bn: bool = True,
     precision: str = "auto",
     device: str | torch.device | None = None,
@@ -206,7 +333,8 @@ def optimize_for_inference(
             autocast) and is not slower on `example` (best of two timings each); on CPU no
             compile, since it measured no faster than BN folding + channels-last here while a
             31M-parameter U-Net takes ~20 s to warm up on 2 cores (see BENCHMARKS.md).
-        channels_last: NHWC/NDHWC weights and inputs.
+        channels_last: NHWC/NDHWC weights and inputs; "auto": on CUDA yes, on the CPU as
+            `probe_channels_last` measures on `example` (cached per machine and model).
         fold_bn: fold conv -> BatchNorm pairs.
         precision: "auto" (fp32 on CPU; bf16 or fp16 autocast on CUDA), "fp32", "fp16", "bf16".
         device: where to run (default: the model's device).
@@ -219,6 +347,11 @@ def optimize_for_inference(
     base = base.to(device)
     for param in base.parameters():
         param.requires_grad_(False)
+    if channels_last == "auto":
+        if example is None:
+            raise ValueError("channels_last='auto' needs an example batch (or its shape) to probe")
+        shape = tuple(example.shape) if isinstance(example, torch.Tensor) else tuple(example)
+        channels_last = device.type == "cuda" or probe_channels_last(base, shape, train=False)
     if channels_last:
         to_channels_last(base)
     dtype = _autocast_dtype(precision, device)
@@ -339,23 +472,40 @@ def retain_cpu_memory(enable: bool = True) -> bool:
 
 
 # ---- training -----------------------------------------------------------------------------------
-def prepare_for_training(model: nn.Module, channels_last: bool = True, compile: bool = False,
-                         retain_memory: bool = False) -> nn.Module:
+def prepare_for_training(model: nn.Module, channels_last: bool | str = True, compile: bool = False,
+                         retain_memory: bool = False, example: torch.Tensor | Sequence[int] | None = None
+                         ) -> nn.Module:
     """Channels-last weights (in place) and optionally `torch.compile`; returns the callable to
     train with (the model itself, or its compiled wrapper sharing the same parameters).
 
-    Feed inputs through `channels_last_input(x)` (or leave them: convs convert on the fly). On
-    CUDA also train under `torch.autocast` with a GradScaler for fp16 (the Trainer does this).
+    `channels_last="auto"`: decided by `probe_channels_last` on `example` (a batch or its shape;
+    required) on the CPU; on CUDA channels-last for 2D. Feed inputs through
+    `channels_last_input(x)` (or leave them: convs convert on the fly). On CUDA also train under
+    `torch.autocast` with a GradScaler for fp16 (the Trainer does this).
     `retain_memory`: call `retain_cpu_memory()` (CPU only; process-wide).
+    The returned callable has `unetkit_layout` ('channels-last' or 'default layout').
     """
     if retain_memory and not torch.cuda.is_available():
         retain_cpu_memory(True)
+    if channels_last == "auto":
+        if example is None:
+            raise ValueError("channels_last='auto' needs an example batch (or its shape) to probe")
+        p = next(model.parameters(), None)
+        on_cuda = p is not None and p.device.type == "cuda"
+        channels_last = spatial_dims_of(model) == 2 if on_cuda else probe_channels_last(model, example, train=True)
     if channels_last:
         to_channels_last(model)
+    layout = "channels-last" if channels_last else "default layout"
+    call: Any = model
     if compile:
         ok, why = compile_available()
         if not ok:
             warnings.warn(f"torch.compile unavailable ({why}); training eager", stacklevel=2)
-            return model
-        return torch.compile(model)
-    return model
+        else:
+            call = torch.compile(model)
+            layout += ", torch.compile"
+    try:
+        call.unetkit_layout = layout
+    except AttributeError:  # pragma: no cover
+        pass
+    return call

@@ -107,6 +107,13 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: weights cannot be read ({err})") from None
+    if "quantization" in meta:  # 4-bit weight-only file (export.quantize.save_model_4bit): dequantise
+        from unetkit.export.quantize import dequantize_state_4bit
+
+        try:
+            state = dequantize_state_4bit(state, json.loads(meta["quantization"]))
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: damaged 4-bit weights ({err})") from None
     try:
         model = create_model(meta["arch"], **meta["config"])
     except (ConfigError, TypeError, ValueError) as err:

@@ -16,6 +16,7 @@ from unetkit.models.multitask import MultiTaskLoss, MultiTaskUNet
 from unetkit.models.temporal import TemporalUNet
 from unetkit.models.multimodal import MultiModalUNet
 from unetkit.models.pretrained import LoadReport, load_pretrained
+from unetkit.models.resenc import RESENC_PRESETS, ResEncUNet
 
 __all__ = [
     "MODELS", "create_model", "list_models", "model_info", "register_model",
@@ -24,4 +25,5 @@ __all__ = [
     "UNetPlusPlus", "AttentionUNet", "attention_maps", "UNet3Plus", "MobileUNet", "unet_lite", "unet_realtime",
     "TransUNet", "SwinUNet", "NNFormer", "ENCODERS", "DECODERS", "hybrid",
     "MultiTaskUNet", "MultiTaskLoss", "TemporalUNet", "MultiModalUNet", "load_pretrained", "LoadReport",
+    "ResEncUNet", "RESENC_PRESETS",
 ]

@@ -15,7 +15,7 @@ from unetkit.models.layers import LayerSpec
 
 PADDINGS = ("same", "valid")
 UP_MODES = ("transpose", "nearest", "linear")
-DOWN_MODES = ("maxpool", "conv")
+DOWN_MODES = ("maxpool", "conv", "stride")  # "stride": the encoder strides its first conv
 
 
 class ConvNormAct(nn.Sequential):
@@ -75,7 +75,44 @@ class DepthwiseSeparableConv(nn.Sequential):
         )
 
 
-class DoubleConv(nn.Sequential):
+class ConvStack(nn.Sequential):
+    """`convs` ConvNormAct in a row; the first one has `stride` (nnU-Net's StackedConvBlocks).
+    (N, in, *S) -> (N, out, *ceil(S / stride)) in 'same' mode, each valid conv losing k - 1.
+    `separable=True` uses DepthwiseSeparableConv (the MobileNet / lite decoders); `bias=None`
+    gives the convs a bias only when no norm follows them."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        convs: int = 2,
+        stride: int = 1,
+        mid_channels: int | None = None,
+        padding: str = "same",
+        norm: LayerSpec = "batch",
+        act: LayerSpec = "relu",
+        dropout: float = 0.0,
+        separable: bool = False,
+        bias: bool | None = None,
+    ) -> None:
+        if convs < 1:
+            raise ValueError(f"a conv stack needs at least 1 conv, got {convs}")
+        mid = mid_channels or out_channels
+        widths = [in_channels] + [mid] * (convs - 1) + [out_channels]
+        mods = []
+        for i in range(convs):
+            last = i == convs - 1
+            if separable:
+                mods.append(DepthwiseSeparableConv(spatial_dims, widths[i], widths[i + 1], 3, stride if i == 0 else 1,
+                                                   padding, norm, act, dropout if last else 0.0))
+            else:
+                mods.append(ConvNormAct(spatial_dims, widths[i], widths[i + 1], 3, stride if i == 0 else 1, padding,
+                                        norm, act, dropout if last else 0.0, bias=bias))
+        super().__init__(*mods)
+
+
+class DoubleConv(ConvStack):
     """Two 3x3(x3) ConvNormAct: the U-Net level block. (N, in, *S) -> (N, out, *S)
     in 'same' mode, (N, out, *(S - 4)) in 'valid' mode. `separable=True` uses
     DepthwiseSeparableConv for both (the MobileNet / lite decoders)."""
@@ -91,13 +128,34 @@ class DoubleConv(nn.Sequential):
         act: LayerSpec = "relu",
         dropout: float = 0.0,
         separable: bool = False,
+        stride: int = 1,
+        bias: bool | None = None,
     ) -> None:
-        mid = mid_channels or out_channels
-        block = DepthwiseSeparableConv if separable else ConvNormAct
-        super().__init__(
-            block(spatial_dims, in_channels, mid, padding=padding, norm=norm, act=act),
-            block(spatial_dims, mid, out_channels, padding=padding, norm=norm, act=act, dropout=dropout),
-        )
+        super().__init__(spatial_dims, in_channels, out_channels, 2, stride, mid_channels, padding, norm, act,
+                         dropout, separable, bias)
+
+
+class ResidualBlock(nn.Module):
+    """ResNet-D basic block (He et al. 2019), as in nnU-Net's residual encoder (BasicBlockD):
+    conv-norm-act (stride) -> conv-norm, plus a shortcut (avg-pool when strided, then 1x1
+    conv-norm when the width changes), then act. (N, in, *S) -> (N, out, *ceil(S / stride))."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1,
+                 norm: LayerSpec = "instance", act: LayerSpec = "leakyrelu", bias: bool | None = None) -> None:
+        super().__init__()
+        self.conv1 = ConvNormAct(spatial_dims, in_channels, out_channels, 3, stride, norm=norm, act=act, bias=bias)
+        self.conv2 = ConvNormAct(spatial_dims, out_channels, out_channels, 3, norm=norm, act=None, bias=bias)
+        skip: list[nn.Module] = []
+        if stride != 1:
+            skip.append(layers.avg_pool(spatial_dims)(stride, stride))
+        if in_channels != out_channels:
+            skip.append(ConvNormAct(spatial_dims, in_channels, out_channels, 1, norm=norm, act=None, bias=False))
+        self.skip = nn.Sequential(*skip)  # empty Sequential = identity
+        self.act = layers.make_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(x))
+        return self.act(out.add_(self.skip(x)))
 
 
 class Downsample(nn.Module):
@@ -122,6 +180,9 @@ class Downsample(nn.Module):
         elif mode == "conv":
             self.op = ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size=2, stride=2,
                                   padding="valid", norm=norm, act=act)
+        elif mode == "stride":
+            raise ValueError("down_mode='stride' has no separate downsampling layer: the encoder strides "
+                             "the first conv of each level")
         else:
             raise ValueError(f"down_mode must be one of {DOWN_MODES}, got '{mode}'")
 
@@ -136,16 +197,17 @@ class Upsample(nn.Module):
     'nearest' / 'linear': interpolation followed by a 1x1 conv. (N, in, *S) -> (N, out, *(2S)).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transpose") -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transpose",
+                 bias: bool = True) -> None:
         super().__init__()
         if mode not in UP_MODES:
             raise ValueError(f"up_mode must be one of {UP_MODES}, got '{mode}'")
         self.mode = mode
         self.spatial_dims = spatial_dims
         if mode == "transpose":
-            self.op: nn.Module = layers.conv_transpose(spatial_dims)(in_channels, out_channels, 2, stride=2)
+            self.op: nn.Module = layers.conv_transpose(spatial_dims)(in_channels, out_channels, 2, stride=2, bias=bias)
         else:
-            self.op = layers.conv(spatial_dims)(in_channels, out_channels, 1)
+            self.op = layers.conv(spatial_dims)(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """Upsample by 2, or to `size` exactly for the interpolating modes."""
@@ -210,13 +272,16 @@ class UpBlock(nn.Module):
         dropout: float = 0.0,
         up_channels: int | None = None,
         separable: bool = False,
+        convs: int = 2,
+        bias: bool | None = None,
     ) -> None:
         super().__init__()
         up_channels = up_channels or out_channels
         self.padding = padding
-        self.up = Upsample(spatial_dims, in_channels, up_channels, up_mode)
-        self.conv = DoubleConv(spatial_dims, up_channels + skip_channels, out_channels,
-                               padding=padding, norm=norm, act=act, dropout=dropout, separable=separable)
+        # bias=None: the up conv has a bias and the convs before a norm have none (True/False: all convs)
+        self.up = Upsample(spatial_dims, in_channels, up_channels, up_mode, bias=bias is not False)
+        self.conv = ConvStack(spatial_dims, up_channels + skip_channels, out_channels, convs, padding=padding,
+                              norm=norm, act=act, dropout=dropout, separable=separable, bias=bias)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":

@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Union
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 LayerSpec = Union[str, type, Callable[..., nn.Module], None]
 
@@ -17,7 +19,6 @@ _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _AVGPOOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_INSTANCENORM = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _DROPOUT = {1: nn.Dropout, 2: nn.Dropout2d, 3: nn.Dropout3d}
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -33,6 +34,29 @@ _ACTS: dict[str, Callable[[], nn.Module]] = {
     "none": nn.Identity,
 }
 NORMS = ("batch", "instance", "group", "layer", "none")
+
+
+class InstanceNorm(nn.GroupNorm):
+    """Instance normalisation with a per-channel affine map, for any spatial dims: per sample and
+    channel, (x - mean) / sqrt(var + eps) * weight + bias, the same function and the same
+    parameters (`weight`, `bias`; no running statistics) as `nn.InstanceNorm{1,2,3}d(C, affine=True)`.
+
+    Default-layout inputs go through the GroupNorm kernel with one group per channel, which on
+    the CPU runs about 1.5x (forward + backward) to 2.5x (forward) faster than
+    `nn.InstanceNorm3d` at U-Net sizes, with the same accuracy (4.8e-7 max error against float64
+    here). Channels-last inputs take `F.instance_norm`, as `nn.InstanceNorm*d` does: the GroupNorm
+    kernel's channels-last path is about 5x less accurate (2.4e-6), enough to move weights
+    beyond 1e-5 after a few Adam steps (the DDP-vs-one-process test).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, num_features, eps=eps, affine=True)
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
 
 def _check_dims(spatial_dims: int) -> None:
@@ -88,7 +112,7 @@ def make_norm(norm: LayerSpec, spatial_dims: int, channels: int) -> nn.Module:
         if name == "batch":
             return _BATCHNORM[spatial_dims](channels)
         if name == "instance":
-            return _INSTANCENORM[spatial_dims](channels, affine=True)
+            return InstanceNorm(channels)
         if name == "group":
             return nn.GroupNorm(group_count(channels), channels)
         if name == "layer":  # GroupNorm(1): normalises each sample over channels AND all positions

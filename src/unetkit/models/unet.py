@@ -30,8 +30,13 @@ class UNet(SegmentationModel):
         up_mode: 'transpose' (2x2 up-convolution), 'nearest' or 'linear' (+1x1 conv).
         padding: 'same' (output size = input size, any size) or 'valid' (the paper's
             unpadded convolutions; see `output_size` and `valid_input_sizes`).
-        down_mode: 'maxpool' or 'conv' (stride-2 convolution).
+        down_mode: 'maxpool', 'conv' (a separate stride-2 2x2 convolution) or 'stride' (the first
+            3x3 conv of each level is strided, as in nnU-Net's PlainConvUNet: same parameters and
+            FLOPs at equal widths; inputs are padded to a multiple of 2**(depth - 1)).
         decoder_features: decoder widths per level above the deepest (default: encoder widths).
+        conv_bias: None (default) gives convs a bias only when no norm follows them (and the
+            up-convolutions one); True / False gives every conv and up-convolution one / none
+            (nnU-Net's `conv_bias`; its plans use True).
     """
 
     def __init__(
@@ -48,10 +53,11 @@ class UNet(SegmentationModel):
         padding: str = "same",
         down_mode: str = "maxpool",
         decoder_features: Sequence[int] | None = None,
+        conv_bias: bool | None = None,
     ) -> None:
-        encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout, padding, down_mode)
+        encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout, padding, down_mode, conv_bias)
         decoder = UNetDecoder(spatial_dims, encoder.out_channels, encoder.strides, decoder_features,
-                              norm, act, 0.0, up_mode, padding)
+                              norm, act, 0.0, up_mode, padding, conv_bias=conv_bias)
         super().__init__(encoder, decoder, num_classes, deep_supervision)
         self.padding = padding
         self.depth = len(features)

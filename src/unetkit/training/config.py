@@ -97,8 +97,9 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     accumulate: int = 1
     amp: str = "auto"  # auto (on with CUDA) | on | off
-    channels_last: str = "auto"  # auto / on: NHWC for 2D models (faster on CUDA and CPU) | off
+    channels_last: str = "auto"  # auto: probed on the CPU, 2D on CUDA | on (NHWC / NDHWC) | off
     sync_batchnorm: bool = False
+    compile: bool = False  # torch.compile the training step (fused norm + act; eager fallback)
     seed: int = 0
     out_dir: str = "runs"
     name: Optional[str] = None  # run folder name (default: timestamp + model name)

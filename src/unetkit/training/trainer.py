@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from unetkit.data.loader import make_loader
 from unetkit.errors import ConfigError, DataError, Interrupted, TrainingError
+from unetkit.export.optimize import (channels_last_input, memory_format_for, prepare_for_training,
+                                     probe_channels_last, to_channels_last)
 from unetkit.io.checkpoint import save_model
 from unetkit.models import create_model
 from unetkit.models.blocks import center_crop
@@ -104,12 +106,15 @@ class Trainer:
         if config.sync_batchnorm and self.dist.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
-        if self._channels_last():
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = self._channels_last(train_set)
+        if self.channels_last:
+            to_channels_last(self.model)
         self.net: nn.Module = self.model
         if self.dist.enabled:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:  # same parameters; warns and stays eager where inductor cannot run
+            self.net = prepare_for_training(self.net, channels_last=False, compile=True)
 
         self.loss_fn = loss if loss is not None else build_loss(config, self.model)
         self.train_loader = self._loader(train_set, train=True)
@@ -159,13 +164,30 @@ class Trainer:
         return self.cfg.amp == "on" or (self.cfg.amp == "auto" and _auto_device().type == "cuda"
                                         and self.cfg.device in ("auto", "cuda"))
 
-    def _channels_last(self) -> bool:
-        """NHWC for 2D models unless turned off: faster on CUDA and, measured here, on the CPU too
-        (1.2-1.4x per training step; benchmarks/bench_unet_cpu.py)."""
+    def _channels_last(self, train_set: Dataset) -> bool:
+        """NHWC / NDHWC or not. 'on' / 'off' force it; 'auto': on CUDA for 2D models, on the CPU
+        as a probe of one training step in each layout measures on this machine (cached per
+        machine and model; `export.optimize.probe_channels_last`); rank 0 decides for all."""
         mode = self.cfg.channels_last
         if mode not in ("auto", "on", "off"):
             raise ConfigError(f"'channels_last' must be auto, on or off, got '{mode}'")
-        return self.cfg.model.spatial_dims == 2 and mode != "off"
+        if mode != "auto":
+            return mode == "on"
+        if self.device.type != "cpu":
+            return self.cfg.model.spatial_dims == 2
+        decision = None
+        if self.dist.is_main:
+            saved = rng_state()  # neither reading a sample nor the probe may move the seeded streams
+            try:
+                image = torch.as_tensor(train_set[0]["image"])
+                example = (min(self.cfg.batch_size, 2), *image.shape)
+            except Exception:  # a dataset that cannot be indexed: the measured default (2D on)
+                example = None
+            finally:
+                set_rng_state(saved)
+            decision = (probe_channels_last(self.model, example, train=True) if example is not None
+                        else self.cfg.model.spatial_dims == 2)
+        return bool(self.dist.broadcast_object(decision))
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         cfg = self.cfg
@@ -362,7 +384,7 @@ class Trainer:
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self._channels_last() else images
+        return channels_last_input(images) if self.channels_last else images
 
     def _check_labels(self, masks: torch.Tensor, batch: dict[str, Any]) -> None:
         """A class id the model cannot output is a data error, named with its samples."""
@@ -490,9 +512,14 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "history": self.history,
             "best_value": self.best_value, "best_epoch": self.best_epoch,
             "bad_validations": self.bad_validations, "rng": rng_state(), "config": self.cfg.to_dict(),
+            "channels_last": self.channels_last,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        if bool(state.get("channels_last", self.channels_last)) != self.channels_last:  # resume in the same layout
+            self.channels_last = bool(state["channels_last"])
+            self.model.to(memory_format=memory_format_for(self.cfg.model.spatial_dims) if self.channels_last
+                          else torch.contiguous_format)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])

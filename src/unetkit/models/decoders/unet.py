@@ -51,7 +51,8 @@ class UNetDecoder(Decoder):
     """One UpBlock per encoder level above the deepest.
 
     `decoder_channels[i]` is the width of the output at encoder level i (default: the
-    encoder's width there). `separable=True` builds depthwise-separable level blocks. forward(features) -> [level 0, level 1, ...] (highest resolution first).
+    encoder's width there). `separable=True` builds depthwise-separable level blocks; `convs`
+    convs per level (nnU-Net's residual-encoder U-Nets use 1); `conv_bias` as in `ConvStack`. forward(features) -> [level 0, level 1, ...] (highest resolution first).
     """
 
     def __init__(
@@ -66,6 +67,8 @@ class UNetDecoder(Decoder):
         up_mode: str = "transpose",
         padding: str = "same",
         separable: bool = False,
+        convs: int = 2,
+        conv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         enc = list(encoder_channels)
@@ -80,7 +83,7 @@ class UNetDecoder(Decoder):
         for level in reversed(range(len(enc) - 1)):
             blocks.append(UpBlock(spatial_dims, deeper, enc[level], dec[level], up_mode=up_mode,
                                   padding=padding, norm=norm, act=act, dropout=dropout,
-                                  separable=separable))
+                                  separable=separable, convs=convs, bias=conv_bias))
             deeper = dec[level]
         self.blocks = nn.ModuleList(blocks)  # deepest first
 

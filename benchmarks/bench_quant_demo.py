@@ -1,0 +1,83 @@
+"""Size, speed and held-out Dice of the demo model in fp32, int8 (ONNX Runtime QDQ) and 4-bit
+weight-only (group 32 / per channel), on the demo's own held-out columns of the nuclei image.
+
+    unetkit demo --out-dir /tmp/runs --name demo
+    python benchmarks/bench_quant_demo.py /tmp/runs/demo/last.safetensors
+
+4-bit files are dequantised to fp32 when loaded (`load_model`): no runtime here executes
+4-bit convolutions, so their speed is fp32's and only size and accuracy are reported as
+theirs. Times: whole held-out region per pass, interleaved rounds, medians; on a shared
+machine they are noise. The CPU and its flags are printed with the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import unetkit  # noqa: E402
+from bench_peers import cpu_summary  # noqa: E402
+from bench_unet_cpu import DATA, calibration_tiles, dice, foreground, load_nuclei  # noqa: E402
+from unetkit.export.quantize import quantize_int8, save_model_4bit  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="the demo's model file (last.safetensors)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--calibration-tiles", type=int, default=16)
+    args = ap.parse_args(argv)
+    model = unetkit.load_model(args.checkpoint)
+    img, mask = load_nuclei(DATA / "image.tif", DATA / "instances.tif")
+    region = model.unetkit_meta.get("extra", {}).get("split", {}).get("heldout_region")
+    x0 = region[2] if region else img.shape[1] // 2
+    held, held_mask = img[:, x0:], mask[:, x0:].astype(bool)
+    crop = tuple(slice(0, n // 16 * 16) for n in held.shape)
+    x = torch.from_numpy(np.ascontiguousarray(held[crop]))[None, None]
+    truth = held_mask[crop]
+    work = Path(tempfile.mkdtemp(prefix="unetkit-qdemo-"))
+    from unetkit.export.onnx import OnnxPredictor, export_onnx
+
+    rows = [("torch fp32", model, os.path.getsize(args.checkpoint))]
+    export_onnx(model, work / "fp32.onnx", (1, 1, 128, 128), dynamic_spatial=True)
+    rows.append(("ONNX Runtime fp32", OnnxPredictor(work / "fp32.onnx"), os.path.getsize(work / "fp32.onnx")))
+    calib = calibration_tiles(img[:, :x0], 128, 4, args.calibration_tiles)
+    rows.append(("ONNX Runtime int8 QDQ", quantize_int8(work / "fp32.onnx", calib, work / "int8.onnx"),
+                 os.path.getsize(work / "int8.onnx")))
+    for group in (32, None):
+        path = save_model_4bit(model, work / f"q4-{group}.safetensors", group_size=group)
+        rows.append((f"4-bit weights, {'group 32' if group else 'per channel'} (dequantised at load)",
+                     unetkit.load_model(path), os.path.getsize(path)))
+    outs, times = {}, {name: [] for name, _, _ in rows}
+    for r in range(args.repeats):
+        for name, predictor, _ in rows:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = predictor(x)
+            times[name].append(time.perf_counter() - t0)
+            outs[name] = out
+    ref, base = outs["torch fp32"], statistics.median(times["torch fp32"])
+    feats = "-".join(map(str, model.unetkit_config.get("features", ())))
+    print(f"\n### demo model ({model.unetkit_arch} {feats}): held-out columns {x0}.. of the nuclei image, "
+          f"{tuple(x.shape[2:])}\n")
+    print(cpu_summary() + "\n")
+    print("| model | file MB | pixel Dice (held-out) | max abs logit diff vs fp32 | median s | x torch fp32 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, _, size in rows:
+        med = statistics.median(times[name])
+        print(f"| {name} | {size / 2**20:.3f} | {dice(foreground(outs[name])[0], truth):.4f} | "
+              f"{float((outs[name].float() - ref.float()).abs().max()):.2e} | {med:.3f} | {base / med:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Speed paths that must not change results: InstanceNorm on the GroupNorm kernel, the cached
+channels-last probe, compile/layout options of the training step. No timing is asserted."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import unetkit
+from unetkit.export import optimize
+from unetkit.models.layers import InstanceNorm, make_norm
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_instance_norm_matches_torch_instance_norm(dims: int) -> None:
+    torch.manual_seed(0)
+    ref = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dims](6, affine=True)
+    ours = make_norm("instance", dims, 6)
+    assert isinstance(ours, InstanceNorm)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-1, 1)
+    ours.load_state_dict(ref.state_dict())  # same parameter names, no running statistics
+    assert set(ours.state_dict()) == {"weight", "bias"}
+    x = (3 * torch.randn(2, 6, *([7] * dims)) + 2).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    g = torch.randn(2, 6, *([7] * dims))
+    a, b = ref(x), ours(x2)
+    a.backward(g)
+    b.backward(g)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+    assert torch.allclose(ref.weight.grad, ours.weight.grad, atol=1e-4)
+
+
+def _fake_timer(times: dict[bool, float], calls: list):
+    """A `_time_once` stand-in: runs the step, reports a fixed time per layout."""
+
+    def time_once(fn) -> float:
+        fn()
+        layout = fn.__defaults__[1].is_contiguous(memory_format=torch.channels_last)  # (m, xi) defaults
+        calls.append(layout)
+        return times[layout]
+
+    return time_once
+
+
+@pytest.mark.parametrize("cl_time,expected", [(0.5, True), (0.99, False)])
+def test_probe_decides_by_measurement_and_caches(cl_time: float, expected: bool, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("UNETKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(optimize, "_LAYOUT_CACHE", {})
+    calls: list = []
+    monkeypatch.setattr(optimize, "_time_once", _fake_timer({False: 1.0, True: cl_time}, calls))
+    model = unetkit.create_model("unet", in_channels=2, features=(4, 8), norm="instance")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    assert optimize.probe_channels_last(model, (1, 2, 16, 16), repeats=2, min_gflops=0) is expected
+    assert sorted(calls) == [False, False, True, True]  # interleaved rounds, both layouts
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # so is the model
+    stored = json.loads((tmp_path / "layout_probe.json").read_text())
+    assert list(stored.values()) == [expected]
+    # a fresh process (empty memory cache) reads the file and measures nothing
+    monkeypatch.setattr(optimize, "_LAYOUT_CACHE", {})
+    calls.clear()
+    assert optimize.probe_channels_last(model, (1, 2, 16, 16), repeats=2, min_gflops=0) is expected
+    assert calls == []
+
+
+def test_probe_skips_tiny_work_and_prepare_for_training_auto(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("UNETKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(optimize, "_time_once", lambda fn: pytest.fail("tiny work must not be timed"))
+    model3d = unetkit.create_model("unet", spatial_dims=3, features=(4, 8))
+    assert optimize.probe_channels_last(model3d, (1, 1, 8, 8, 8)) is False
+    call = optimize.prepare_for_training(model3d, channels_last="auto", example=(1, 1, 8, 8, 8))
+    assert call.unetkit_layout == "default layout"
+    with pytest.raises(ValueError, match="example"):
+        optimize.prepare_for_training(model3d, channels_last="auto")
+
+
+def test_channels_last_3d_training_step_equals_default_layout() -> None:
+    torch.manual_seed(0)
+    a = unetkit.create_model("unet", spatial_dims=3, features=(4, 8, 16), norm="instance", act="leakyrelu",
+                             down_mode="stride")
+    b = unetkit.create_model("unet", spatial_dims=3, features=(4, 8, 16), norm="instance", act="leakyrelu",
+                             down_mode="stride")
+    b.load_state_dict(a.state_dict())
+    optimize.prepare_for_training(b, channels_last=True)
+    assert b.head[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 1, 16, 16, 16)
+    losses = []
+    for m, xi in ((a, x), (b, optimize.channels_last_input(x))):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        loss = m(xi).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) < 1e-5
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), n
