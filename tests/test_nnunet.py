@@ -218,3 +218,20 @@ def test_import_nnunet_cli(tmp_path) -> None:
     torch.save({"network_weights": {"x": torch.zeros(1)}}, tmp_path / "bad.pth")
     res = runner.invoke(app, ["import-nnunet", str(tmp_path / "bad.pth"), "--out", str(tmp_path / "b.safetensors")])
     assert res.exit_code == 1 and "nnU-Net" in res.output
+
+
+def test_load_pretrained_dispatches_nnunet_checkpoints(tmp_path) -> None:
+    """`unetkit.load_pretrained(model, 'checkpoint_final.pth')` reaches the nnU-Net importer: the
+    weights land in a unetkit model of the same shape and its outputs equal the source network's."""
+    net = _reference_nets(2)[0]
+    _perturb(net)
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": net.state_dict(), "init_args": {"fold": 0}, "_best_ema": np.float64(0.4)}, path)
+    model = load_nnunet(path)  # the shape, built from the file
+    for p in model.parameters():  # forget the weights: load_pretrained must bring them back
+        nn.init.zeros_(p)
+    report = unetkit.load_pretrained(model, path)
+    assert report.format == "nnunet-v2" and report.loaded and not report.missing
+    x = torch.randn(1, 2, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), net(x), atol=1e-5)

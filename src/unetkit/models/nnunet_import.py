@@ -325,3 +325,27 @@ def is_nnunet_checkpoint(path: str | os.PathLike) -> bool:
     """True for a `.pth`/`.pt` file (the nnU-Net formats); the loader checks the content. For
     `load_pretrained` to dispatch on."""
     return Path(path).suffix.lower() in (".pth", ".pt")
+
+
+def looks_like_nnunet(state: Any) -> bool:
+    """An nnU-Net v2 checkpoint dict, or a bare PlainConvUNet / ResidualEncoderUNet state dict."""
+    if not isinstance(state, dict):
+        return False
+    if "network_weights" in state:
+        return True
+    keys = [k.split("module.", 1)[-1].split("_orig_mod.", 1)[-1] for k in state]
+    return any(k.startswith("encoder.stages.") for k in keys) and any(k.startswith("decoder.seg_layers.") for k in keys)
+
+
+def load_pretrained_into(model: nn.Module, state: dict[str, Any], source: str):
+    """`unetkit.load_pretrained`'s nnU-Net v2 format: the checkpoint's weights into `model` (a
+    `unet` with down_mode='stride' or a `resenc-unet` of the same shape; build one that fits with
+    `load_nnunet`). Every tensor is accounted for, or CheckpointError names the ones that are not."""
+    from unetkit.models.pretrained import LoadReport
+
+    weights, _ = _split_checkpoint(dict(state), source)
+    converted, report = convert_nnunet_state_dict(weights, model, bool(getattr(model, "deep_supervision", False)))
+    model.load_state_dict(converted, strict=True)
+    return LoadReport("nnunet-v2", source, loaded=dict(report.mapped),
+                      unexpected=[f"{k} ({why})" for k, why in report.dropped.items()],
+                      adapted={k: f"duplicate of {t}, checked equal" for k, t in report.aliases.items()})

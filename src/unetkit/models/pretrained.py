@@ -107,9 +107,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             from safetensors.torch import load_file
 
             return dict(load_file(str(path)))
-        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ConfigError(f"{path}: cannot read pretrained weights ({type(exc).__name__}: {exc})") from None
+    # PyTorch files: weights_only (no code runs); numpy scalars as nnU-Net checkpoints log them are allowed
+    from unetkit.models.nnunet_import import read_nnunet_checkpoint
+
+    return read_nnunet_checkpoint(path)
 
 
 # ---- formats ---------------------------------------------------------------------------------
@@ -348,7 +351,13 @@ register_format(Format("transunet-npz", _detect_transunet, _map_transunet))
 register_format(Format("swin-pth", _detect_swin, _map_swin))
 register_format(Format("torchvision-resnet", _detect_resnet, _map_resnet))
 register_format(Format("torchvision-mobilenet", _detect_mobilenet, _map_mobilenet))
-register_format(Format("nnunet-v2", lambda s: "network_weights" in s and "init_args" in s, load=_nnunet_load))
+def _detect_nnunet(state: Mapping[str, Any]) -> bool:
+    from unetkit.models.nnunet_import import looks_like_nnunet
+
+    return looks_like_nnunet(dict(state))
+
+
+register_format(Format("nnunet-v2", _detect_nnunet, load=_nnunet_load))
 
 
 # ---- loading ---------------------------------------------------------------------------------
