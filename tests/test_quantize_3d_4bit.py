@@ -64,10 +64,18 @@ def test_4bit_model_file_round_trip(tmp_path) -> None:
             assert not torch.equal(got[name], t)
         else:  # biases, norm parameters and statistics: unchanged, bit for bit
             assert torch.equal(got[name], t), name
+    # the 4-bit model computes the fp32 model's function, not just any function of this shape: its
+    # logits stay far closer to the fp32 logits than those of the same network with other weights
+    # (a random He-initialised net amplifies 4-bit noise, so the argmax check is for trained models:
+    # benchmarks/bench_quant_demo.py)
+    torch.manual_seed(1)
+    other = unetkit.create_model("unet", features=(8, 16, 32, 64)).eval()
+    other.load_state_dict({k: (v if k.endswith(("running_mean", "running_var")) else other.state_dict()[k])
+                           for k, v in model.state_dict().items()})
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
-        a, b = model(x), loaded(x)
-    assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.9
+        a, b, c = model(x), loaded(x), other(x)
+    assert (a - b).norm() < 0.5 * (a - c).norm()
     with pytest.raises(FileExistsError):
         save_model_4bit(model, q4)
 
