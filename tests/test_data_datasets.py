@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from _helpers import png_mask_folder
 import pytest
 import tifffile
 import torch
@@ -65,15 +66,6 @@ def test_write_dataset_layout(tmp_path):
     assert (out3 / "images" / "cells_000.nii.gz").exists()
 
 
-def _folder(root, masks, kind_values):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i, m in enumerate(masks):
-        Image.fromarray(np.full(m.shape, 100, np.uint8)).save(root / "images" / f"c{i}.png")
-        Image.fromarray(m.astype(np.uint16 if m.max() > 255 else np.uint8)).save(root / "masks" / f"c{i}.png")
-    return root
-
-
 def _squares(rng, n, cell=6):
     """Instance ids 1..n, each a separate square of random size in its own cell of a grid."""
     side = int(np.ceil(np.sqrt(n)))
@@ -96,7 +88,7 @@ def test_mask_kinds(tmp_path, values, kind, num_classes, expected_max):
         masks = [rng.choice(np.array(values), (16, 16)) for _ in range(2)]
         for m in masks:
             m.flat[: len(values)] = values  # every value present
-    ds = SegmentationDataset(_folder(tmp_path, masks, values), num_classes=num_classes, return_instances=True)
+    ds = SegmentationDataset(png_mask_folder(tmp_path, masks), num_classes=num_classes, return_instances=True)
     assert ds.mask_kind == kind
     s = ds[0]
     assert s["mask"].shape == (1, *masks[0].shape) and int(s["mask"].max()) == expected_max
@@ -118,7 +110,7 @@ def test_multimodal_cases_stack_channels(tmp_path):
 
 def test_weight_map_is_computed_and_named_subset(tmp_path):
     masks = [np.eye(8, dtype=np.uint8) for _ in range(3)]
-    root = _folder(tmp_path, masks, (0, 1))
+    root = png_mask_folder(tmp_path, masks)
     ds = SegmentationDataset(root, names=["c2"], weight_map=lambda sem, inst: 1.0 + 4.0 * sem)
     assert len(ds) == 1 and ds[0]["name"] == "c2"
     np.testing.assert_array_equal(ds[0]["weight"][0].numpy(), 1 + 4 * np.eye(8))
@@ -150,7 +142,7 @@ def test_class_weights_and_rare_sampler():
 
 def test_loader_batches_dicts(tmp_path):
     masks = [np.eye(8, dtype=np.uint8) for _ in range(4)]
-    ds = SegmentationDataset(_folder(tmp_path, masks, (0, 1)))
+    ds = SegmentationDataset(png_mask_folder(tmp_path, masks))
     batch = next(iter(make_loader(ds, batch_size=2, num_workers=0)))
     assert batch["image"].shape == (2, 1, 8, 8) and batch["mask"].shape == (2, 1, 8, 8)
     assert batch["mask"].dtype == torch.int64 and len(batch["name"]) == 2

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from _helpers import png_mask_folder
 import pytest
 import torch
 import yaml
@@ -156,30 +157,23 @@ def _atlas(shape, k: int, seed: int = 0, jitter: float = 0.0, base_seed: int = 0
     return lut[labels].astype(np.uint8)
 
 
-def _png_folder(root: Path, masks) -> Path:
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i, m in enumerate(masks):
-        Image.fromarray(np.full(m.shape, 100, np.uint8)).save(root / "images" / f"c{i}.png")
-        Image.fromarray(m.astype(np.uint16 if m.max() > 255 else np.uint8)).save(root / "masks" / f"c{i}.png")
-    return root
 
 
 def test_many_class_label_maps_are_classes_and_instance_ids_instances(tmp_path):
     atlases = [_atlas((48, 56), 40, seed=s, jitter=0.02) for s in range(4)]
-    report = check_dataset(_png_folder(tmp_path / "atlas", atlases))
+    report = check_dataset(png_mask_folder(tmp_path / "atlas", atlases))
     assert report.ok and report.stats["mask_kind"] == "classes"  # read as instances before
     assert report.stats["num_classes"] == int(max(a.max() for a in atlases)) + 1 > 30
     assert "tile" in report.stats["mask_kind_reason"]
     assert "mask kind classes: each id forms one or a few regions" in report.format_stats()
     cells = load_dataset("synthetic-cells", size=96, count=4, seed=3)
-    report = check_dataset(_png_folder(tmp_path / "inst", [s.instances for s in cells.samples]))
+    report = check_dataset(png_mask_folder(tmp_path / "inst", [s.instances for s in cells.samples]))
     assert report.stats["mask_kind"] == "instances" and report.stats["num_classes"] == 2
     semantic = load_dataset("synthetic-cells", size=96, count=4, num_classes=4, seed=3)
-    report = check_dataset(_png_folder(tmp_path / "sem", [s.mask[0] for s in semantic.samples]))
+    report = check_dataset(png_mask_folder(tmp_path / "sem", [s.mask[0] for s in semantic.samples]))
     assert report.stats["mask_kind"] == "classes" and report.stats["num_classes"] == 4
     tissue = [_atlas((48, 56), 40, base_seed=s) for s in range(4)]  # cells tiling a tissue: sizes at random
-    report = check_dataset(_png_folder(tmp_path / "tissue", tissue))
+    report = check_dataset(png_mask_folder(tmp_path / "tissue", tissue))
     assert report.stats["mask_kind"] == "instances" and "size" in report.stats["mask_kind_reason"]
     forced = check_dataset(tmp_path / "atlas", mask_kind="instances")
     assert forced.stats["mask_kind"] == "instances" and forced.stats["mask_kind_reason"] == "mask_kind=instances given"
@@ -232,7 +226,7 @@ def test_single_volume_atlas_is_classes_and_single_volume_instances_are_not(tmp_
 
 def test_training_builds_one_output_per_region_without_num_classes(tmp_path):
     atlases = [_atlas((40, 40), 24, seed=s, jitter=0.02) for s in range(4)]
-    data = _png_folder(tmp_path / "atlas", atlases)
+    data = png_mask_folder(tmp_path / "atlas", atlases)
     k = int(max(a.max() for a in atlases)) + 1
     cfg = TrainConfig().with_overrides([
         f"data.images={data}", "model.kwargs.features=[4,8]", "data.patch_size=[32,32]", "data.batch_size=2",
