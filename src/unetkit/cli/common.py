@@ -62,6 +62,12 @@ def _os_message(err: OSError) -> str:
     return text if err.strerror is None or filename is not None else str(err)
 
 
+# click's own usage errors (unknown verb, bad option) print click's usage message and exit 2. Typer
+# 0.9-0.15 uses the `click` package, newer releases a vendored copy: take the base class from typer's
+# own BadParameter, so the boundary recognises both.
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 @contextlib.contextmanager
 def error_boundary() -> Iterator[None]:
     """Known exceptions -> message on stderr + exit code; unknown ones -> a one-line bug report."""
@@ -70,9 +76,7 @@ def error_boundary() -> Iterator[None]:
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except BaseException as err:  # noqa: BLE001 - the boundary
-        import click
-
-        if isinstance(err, click.ClickException) or debug_enabled():
+        if isinstance(err, _CLICK_EXCEPTION) or debug_enabled():
             raise
         described = describe_error(err)
         if described is None:
