@@ -75,6 +75,33 @@ def test_stride_parameter_count_equals_plainconvunet(dims: int, bias: bool) -> N
     assert count_parameters(ours) == count_parameters(theirs)
 
 
+ANISO_STRIDES = [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2]]  # nnU-Net's form (top stage first)
+ANISO_KERNELS = [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]]
+
+
+@needs_dna
+@pytest.mark.parametrize("bias", [True, False])
+def test_anisotropic_unet_equals_plainconvunet(bias: bool) -> None:
+    """Per-axis strides and kernels (a thick-slice plan): the same parameters as nnU-Net's
+    PlainConvUNet, and after importing its weights the same outputs, deep supervision included."""
+    features = (4, 8, 16, 32)
+    theirs = _perturb(PlainConvUNet(1, 4, features, nn.Conv3d, ANISO_KERNELS, ANISO_STRIDES, 2, 2, 2,
+                                    **_dna_kwargs(3, bias, True)))
+    ours = unetkit.create_model("unet", spatial_dims=3, num_classes=2, features=features, norm="instance",
+                                act="leakyrelu", down_mode="stride", conv_bias=bias, deep_supervision=True,
+                                strides=ANISO_STRIDES[1:], kernel_sizes=ANISO_KERNELS)
+    assert count_parameters(ours) == count_parameters(theirs)
+    model, report = nnunet_to_unetkit(theirs.state_dict(), deep_supervision=True)
+    assert model.unetkit_config["strides"] == ANISO_STRIDES[1:]
+    assert model.unetkit_config["kernel_sizes"] == ANISO_KERNELS
+    x = torch.randn(1, 1, 4, 16, 24)  # depth pooled once (x2), in-plane three times (x8)
+    with torch.no_grad():
+        outs, refs = model.eval()(x), theirs(x)
+    assert [tuple(o.shape[2:]) for o in outs] == [(4, 16, 24), (4, 8, 12), (4, 4, 6)]
+    for a, b in zip(outs, refs):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
 @needs_dna
 def test_resenc_parameter_count_equals_residualencoderunet() -> None:
     with torch.device("meta"):
@@ -196,8 +223,8 @@ def test_import_rejects_unknown_and_unsupported_tensors() -> None:
     with pytest.raises(CheckpointError, match="decoder.extra.weight"):
         nnunet_to_unetkit(state)
     state = dict(net.state_dict())
-    state["decoder.transpconvs.0.weight"] = torch.zeros(8, 4, 1, 2)  # anisotropic stride (1, 2)
-    with pytest.raises(CheckpointError, match="anisotropic"):
+    state["decoder.transpconvs.0.weight"] = torch.zeros(8, 4, 3, 2)  # stride 3: not a U-Net's
+    with pytest.raises(CheckpointError, match="strides 1 or 2"):
         nnunet_to_unetkit(state)
 
 

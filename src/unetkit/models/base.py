@@ -5,7 +5,9 @@ Encoder contract
     attributes `spatial_dims`, `out_channels: list[int]` (channels of each map),
     `strides: list[int]` (each map's size reduction against the input),
     `size_divisor: int` (input sizes must be multiples of it; 1 when any size works) and
-    `min_size: int` (the smallest size every level can take; default 1).
+    `min_size: int` (the smallest size every level can take; default 1); encoders that pool the
+    axes differently (anisotropic U-Nets) give both per axis as tuples, and `axis_strides`
+    (each map's reduction per axis).
 
 Decoder contract
     built from the encoder's `out_channels` / `strides`;
@@ -80,23 +82,36 @@ class SegmentationModel(nn.Module):
 
     @property
     def size_divisor(self) -> int:
-        return int(getattr(self.encoder, "size_divisor", 1))
+        """The largest per-axis divisor (see `size_divisors`)."""
+        return max(self.size_divisors)
 
     @property
     def min_size(self) -> int:
-        return int(getattr(self.encoder, "min_size", 1))
+        return max(self.min_sizes)
 
-    def padded_size(self, size: int) -> int:
-        """The size an input of `size` is padded to: a multiple of `size_divisor`, >= `min_size`."""
-        div = max(1, self.size_divisor)
-        return max(math.ceil(size / div) * div, math.ceil(self.min_size / div) * div)
+    @property
+    def size_divisors(self) -> tuple[int, ...]:
+        """Per axis: input sizes are padded to a multiple of this (anisotropic U-Nets differ per axis)."""
+        return _per_axis(getattr(self.encoder, "size_divisor", 1), self.spatial_dims)
+
+    @property
+    def min_sizes(self) -> tuple[int, ...]:
+        """Per axis: the smallest size every level can take (smaller inputs are padded up to it)."""
+        return _per_axis(getattr(self.encoder, "min_size", 1), self.spatial_dims)
+
+    def padded_size(self, size: int, axis: int | None = None) -> int:
+        """The size an input of `size` is padded to along `axis` (None: the largest per-axis
+        requirement): a multiple of the size divisor, >= the minimum size."""
+        div = max(1, self.size_divisor if axis is None else self.size_divisors[axis])
+        least = self.min_size if axis is None else self.min_sizes[axis]
+        return max(math.ceil(size / div) * div, math.ceil(least / div) * div)
 
     def check_input_size(self, size: Sequence[int]) -> None:
         """Raise ValueError for spatial sizes this model cannot take (hook; any size by default)."""
 
     def _pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         size = list(x.shape[2:])
-        target = [self.padded_size(s) for s in size]
+        target = [self.padded_size(s, axis) for axis, s in enumerate(size)]
         if target == size:
             return x, size
         pads: list[int] = []
@@ -156,6 +171,10 @@ class SegmentationModel(nn.Module):
                 a = F.interpolate(a, scale_factor=float(stride), mode=mode, align_corners=False)
             outs.append(center_crop(a, out_size))
         return outs
+
+
+def _per_axis(value: int | Sequence[int], dims: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * dims
 
 
 def _crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -27,8 +27,8 @@ class ConvNormAct(nn.Sequential):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
         padding: str = "same",
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
@@ -38,7 +38,13 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got '{padding}'")
-        pad = (kernel_size - 1) // 2 if padding == "same" else 0
+        if isinstance(kernel_size, (tuple, list)):  # per axis (anisotropic: 1 on a coarse axis)
+            kernel_size = tuple(int(k) for k in kernel_size)
+            pad: int | tuple = tuple((k - 1) // 2 for k in kernel_size) if padding == "same" else 0
+        else:
+            pad = (kernel_size - 1) // 2 if padding == "same" else 0
+        if isinstance(stride, (tuple, list)):
+            stride = tuple(int(t) for t in stride)
         bias = not layers.is_norm_bias_free(norm) if bias is None else bias
         super().__init__(
             layers.conv(spatial_dims)(
@@ -61,8 +67,8 @@ class DepthwiseSeparableConv(nn.Sequential):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
         padding: str = "same",
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
@@ -79,7 +85,8 @@ class ConvStack(nn.Sequential):
     """`convs` ConvNormAct in a row; the first one has `stride` (nnU-Net's StackedConvBlocks).
     (N, in, *S) -> (N, out, *ceil(S / stride)) in 'same' mode, each valid conv losing k - 1.
     `separable=True` uses DepthwiseSeparableConv (the MobileNet / lite decoders); `bias=None`
-    gives the convs a bias only when no norm follows them."""
+    gives the convs a bias only when no norm follows them. `stride` and `kernel_size` may be per
+    axis (nnU-Net's anisotropic stages: kernel 1 along an axis that is still much coarser)."""
 
     def __init__(
         self,
@@ -87,7 +94,7 @@ class ConvStack(nn.Sequential):
         in_channels: int,
         out_channels: int,
         convs: int = 2,
-        stride: int = 1,
+        stride: int | Sequence[int] = 1,
         mid_channels: int | None = None,
         padding: str = "same",
         norm: LayerSpec = "batch",
@@ -95,6 +102,7 @@ class ConvStack(nn.Sequential):
         dropout: float = 0.0,
         separable: bool = False,
         bias: bool | None = None,
+        kernel_size: int | Sequence[int] = 3,
     ) -> None:
         if convs < 1:
             raise ValueError(f"a conv stack needs at least 1 conv, got {convs}")
@@ -104,10 +112,12 @@ class ConvStack(nn.Sequential):
         for i in range(convs):
             last = i == convs - 1
             if separable:
-                mods.append(DepthwiseSeparableConv(spatial_dims, widths[i], widths[i + 1], 3, stride if i == 0 else 1,
+                mods.append(DepthwiseSeparableConv(spatial_dims, widths[i], widths[i + 1], kernel_size,
+                                                   stride if i == 0 else 1,
                                                    padding, norm, act, dropout if last else 0.0))
             else:
-                mods.append(ConvNormAct(spatial_dims, widths[i], widths[i + 1], 3, stride if i == 0 else 1, padding,
+                mods.append(ConvNormAct(spatial_dims, widths[i], widths[i + 1], kernel_size, stride if i == 0 else 1,
+                                        padding,
                                         norm, act, dropout if last else 0.0, bias=bias))
         super().__init__(*mods)
 
@@ -128,11 +138,12 @@ class DoubleConv(ConvStack):
         act: LayerSpec = "relu",
         dropout: float = 0.0,
         separable: bool = False,
-        stride: int = 1,
+        stride: int | Sequence[int] = 1,
         bias: bool | None = None,
+        kernel_size: int | Sequence[int] = 3,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, 2, stride, mid_channels, padding, norm, act,
-                         dropout, separable, bias)
+                         dropout, separable, bias, kernel_size)
 
 
 class ResidualBlock(nn.Module):
@@ -160,7 +171,7 @@ class ResidualBlock(nn.Module):
 
 class Downsample(nn.Module):
     """Halve every spatial size: 2x max-pool, or a stride-2 ConvNormAct (mode='conv').
-    (N, C, *S) -> (N, C_out, *(S // 2))."""
+    (N, C, *S) -> (N, C_out, *(S // 2)). `factor` may be per axis ((1, 2, 2): keep the depth)."""
 
     def __init__(
         self,
@@ -170,15 +181,17 @@ class Downsample(nn.Module):
         mode: str = "maxpool",
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
+        factor: int | Sequence[int] = 2,
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
+        factor = tuple(int(f) for f in factor) if isinstance(factor, (tuple, list)) else int(factor)
         if mode == "maxpool":
             if out_channels != in_channels:
                 raise ValueError("max-pool downsampling keeps the channel count")
-            self.op: nn.Module = layers.max_pool(spatial_dims)(2)
+            self.op: nn.Module = layers.max_pool(spatial_dims)(factor)
         elif mode == "conv":
-            self.op = ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size=2, stride=2,
+            self.op = ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size=factor, stride=factor,
                                   padding="valid", norm=norm, act=act)
         elif mode == "stride":
             raise ValueError("down_mode='stride' has no separate downsampling layer: the encoder strides "
@@ -198,14 +211,17 @@ class Upsample(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transpose",
-                 bias: bool = True) -> None:
+                 bias: bool = True, factor: int | Sequence[int] = 2) -> None:
         super().__init__()
         if mode not in UP_MODES:
             raise ValueError(f"up_mode must be one of {UP_MODES}, got '{mode}'")
         self.mode = mode
         self.spatial_dims = spatial_dims
+        # per axis ((1, 2, 2): an anisotropic stage that kept its depth); an int keeps the old layer
+        self.factor = tuple(int(f) for f in factor) if isinstance(factor, (tuple, list)) else int(factor)
         if mode == "transpose":
-            self.op: nn.Module = layers.conv_transpose(spatial_dims)(in_channels, out_channels, 2, stride=2, bias=bias)
+            self.op: nn.Module = layers.conv_transpose(spatial_dims)(in_channels, out_channels, self.factor,
+                                                                     stride=self.factor, bias=bias)
         else:
             self.op = layers.conv(spatial_dims)(in_channels, out_channels, 1, bias=bias)
 
@@ -216,7 +232,8 @@ class Upsample(nn.Module):
         mode = "nearest" if self.mode == "nearest" else layers.interp_mode(self.spatial_dims)
         kw = {} if mode == "nearest" else {"align_corners": False}
         if size is None:
-            x = F.interpolate(x, scale_factor=2.0, mode=mode, **kw)
+            scale = tuple(float(f) for f in self.factor) if isinstance(self.factor, tuple) else float(self.factor)
+            x = F.interpolate(x, scale_factor=scale, mode=mode, **kw)
         else:
             x = F.interpolate(x, size=tuple(size), mode=mode, **kw)
         return self.op(x)
@@ -274,14 +291,17 @@ class UpBlock(nn.Module):
         separable: bool = False,
         convs: int = 2,
         bias: bool | None = None,
+        factor: int | Sequence[int] = 2,
+        kernel_size: int | Sequence[int] = 3,
     ) -> None:
         super().__init__()
         up_channels = up_channels or out_channels
         self.padding = padding
         # bias=None: the up conv has a bias and the convs before a norm have none (True/False: all convs)
-        self.up = Upsample(spatial_dims, in_channels, up_channels, up_mode, bias=bias is not False)
+        self.up = Upsample(spatial_dims, in_channels, up_channels, up_mode, bias=bias is not False, factor=factor)
         self.conv = ConvStack(spatial_dims, up_channels + skip_channels, out_channels, convs, padding=padding,
-                              norm=norm, act=act, dropout=dropout, separable=separable, bias=bias)
+                              norm=norm, act=act, dropout=dropout, separable=separable, bias=bias,
+                              kernel_size=kernel_size)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":

@@ -25,7 +25,9 @@ Every source tensor is accounted for, by an explicit key map:
     *.all_modules.I.*, decoder.encoder.*                -> aliases of the keys above: checked equal
 
 nnU-Net's preprocessing (resampling, normalisation) is not imported; the model expects inputs
-preprocessed as nnU-Net did. Strides other than 2 and kernels other than 3 (anisotropic plans)
+preprocessed as nnU-Net did. PlainConvUNets with per-axis strides 1/2 and kernels 1/3 (anisotropic
+plans) map to `unet` with `strides` / `kernel_sizes`; for the residual encoder, strides other than 2
+and kernels other than 3
 are not supported and are rejected with a message.
 """
 from __future__ import annotations
@@ -144,16 +146,25 @@ def infer_architecture(state: dict[str, torch.Tensor], plans_arch: dict[str, Any
     seg = state[f"decoder.seg_layers.{n_dec - 1}.weight"]
     spatial_dims = seg.dim() - 2
     num_classes = int(seg.shape[0])
-    for s in range(n_dec):
-        w = state[f"decoder.transpconvs.{s}.weight"]
-        if any(int(k) != 2 for k in w.shape[2:]):
-            raise CheckpointError(f"decoder.transpconvs.{s} has stride {tuple(w.shape[2:])}: unetkit's "
-                                  "stride/resenc U-Nets support stride 2 in every axis only (anisotropic plans "
-                                  "are not supported)")
+    # transpconvs.0 up-samples from the deepest stage: reversed, the per-axis factors top-down
+    up = [tuple(int(k) for k in state[f"decoder.transpconvs.{s}.weight"].shape[2:]) for s in range(n_dec)]
+    stage_strides = up[::-1]
+    for s, factor in enumerate(up):
+        if any(k not in (1, 2) for k in factor) or (residual and any(k != 2 for k in factor)):
+            raise CheckpointError(f"decoder.transpconvs.{s} has stride {factor}: unetkit's U-Nets support "
+                                  "strides 1 or 2 per axis (the residual encoder 2 in every axis only)")
+    stage_kernels: list[tuple[int, ...]] = []
     for k, w in state.items():
         if k.endswith("conv.weight") and "seg_layers" not in k and ".skip." not in k and w.dim() == spatial_dims + 2:
-            if any(int(x) != 3 for x in w.shape[2:]):
-                raise CheckpointError(f"{k} has kernel {tuple(w.shape[2:])}: only 3x3(x3) kernels are supported")
+            kernel = tuple(int(x) for x in w.shape[2:])
+            if any(x != 3 for x in kernel) and (residual or any(x not in (1, 3) for x in kernel)):
+                raise CheckpointError(f"{k} has kernel {kernel}: only 3x3(x3) kernels (plain U-Nets: 1 or 3 "
+                                      "per axis) are supported")
+    if not residual:
+        for s in range(n_stages):
+            key = f"encoder.stages.{s}.0.convs.0.conv.weight"
+            if key in state:
+                stage_kernels.append(tuple(int(x) for x in state[key].shape[2:]))
     norm = "batch" if any(k.endswith("norm.running_mean") for k in state) else "instance"
     if not any(k.endswith("norm.weight") for k in state):
         norm = "none"
@@ -202,7 +213,11 @@ def infer_architecture(state: dict[str, torch.Tensor], plans_arch: dict[str, Any
     if enc_convs != {2} or dec_convs != 2:
         raise CheckpointError(f"PlainConvUNet with {sorted(enc_convs)} encoder / {dec_convs} decoder convs per "
                               "stage: unetkit's unet has 2 and 2")
-    return "unet", {**common, "down_mode": "stride", "up_mode": "transpose", "padding": "same"}
+    geometry: dict[str, Any] = {}
+    if any(f != (2,) * spatial_dims for f in stage_strides) or any(k != (3,) * spatial_dims for k in stage_kernels):
+        # an anisotropic plan (nnU-Net's pool_op_kernel_sizes / conv_kernel_sizes)
+        geometry = {"strides": [list(f) for f in stage_strides], "kernel_sizes": [list(k) for k in stage_kernels]}
+    return "unet", {**common, "down_mode": "stride", "up_mode": "transpose", "padding": "same", **geometry}
 
 
 # ---- the key map ------------------------------------------------------------------------------

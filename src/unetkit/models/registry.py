@@ -98,11 +98,24 @@ def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.
 def min_input_size(model: nn.Module) -> int:
     """The smallest side a same-padding model takes without running out of pixels: its encoder's
     total stride (1 when unknown, e.g. valid-padding models that mirror their input to a valid size)."""
+    return max(min_input_sizes(model))
+
+
+def min_input_sizes(model: nn.Module) -> tuple[int, ...]:
+    """`min_input_size` per axis: an anisotropic U-Net (per-axis `strides`) pools a thick axis
+    less, so it needs fewer voxels along it."""
+    dims = int(getattr(model, "spatial_dims", 2) or 2)
     if getattr(model, "padding", "same") == "valid":
-        return 1
+        return (1,) * dims
     encoder = getattr(model, "encoder", None)
-    strides = list(getattr(encoder, "strides", None) or [1])
-    return max(int(strides[-1]), int(getattr(model, "size_divisor", 1) or 1), 1)
+    axis_strides = getattr(encoder, "axis_strides", None)
+    if axis_strides:
+        total = tuple(int(v) for v in axis_strides[-1])
+    else:
+        strides = list(getattr(encoder, "strides", None) or [1])
+        total = (int(strides[-1]),) * dims
+    divisors = getattr(model, "size_divisors", None) or (int(getattr(model, "size_divisor", 1) or 1),) * dims
+    return tuple(max(t, int(d), 1) for t, d in zip(total, divisors))
 
 
 def list_models(pattern: str = "*") -> list[str]:

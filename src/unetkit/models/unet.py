@@ -37,6 +37,12 @@ class UNet(SegmentationModel):
         conv_bias: None (default) gives convs a bias only when no norm follows them (and the
             up-convolutions one); True / False gives every conv and up-convolution one / none
             (nnU-Net's `conv_bias`; its plans use True).
+        strides: per level below the top, the down-sampling factor per axis, e.g.
+            [[1, 2, 2], [1, 2, 2], [2, 2, 2]] for thick-slice volumes (nnU-Net's
+            `pool_op_kernel_sizes` / PlainConvUNet `strides`; a leading [1, 1, 1] is accepted).
+            None: 2 on every axis. The decoder up-samples by the same factors.
+        kernel_sizes: per level, the conv kernel per axis, e.g. [1, 3, 3] on levels where the
+            thick axis is still much coarser (nnU-Net's `conv_kernel_sizes`). None: 3 everywhere.
     """
 
     def __init__(
@@ -54,10 +60,15 @@ class UNet(SegmentationModel):
         down_mode: str = "maxpool",
         decoder_features: Sequence[int] | None = None,
         conv_bias: bool | None = None,
+        strides: Sequence[int | Sequence[int]] | None = None,
+        kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
-        encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout, padding, down_mode, conv_bias)
+        encoder = PlainEncoder(spatial_dims, in_channels, features, norm, act, dropout, padding, down_mode, conv_bias,
+                               strides, kernel_sizes)
+        geometry = {"stage_strides": encoder.stage_strides, "kernel_sizes": encoder.kernel_sizes} \
+            if encoder.anisotropic else {}
         decoder = UNetDecoder(spatial_dims, encoder.out_channels, encoder.strides, decoder_features,
-                              norm, act, 0.0, up_mode, padding, conv_bias=conv_bias)
+                              norm, act, 0.0, up_mode, padding, conv_bias=conv_bias, **geometry)
         super().__init__(encoder, decoder, num_classes, deep_supervision)
         self.padding = padding
         self.depth = len(features)

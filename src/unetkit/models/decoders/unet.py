@@ -69,21 +69,29 @@ class UNetDecoder(Decoder):
         separable: bool = False,
         convs: int = 2,
         conv_bias: bool | None = None,
+        stage_strides: Sequence[Sequence[int]] | None = None,
+        kernel_sizes: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         enc = list(encoder_channels)
         dec = list(decoder_channels) if decoder_channels is not None else enc[:-1]
         if len(dec) != len(enc) - 1:
             raise ValueError(f"decoder_channels needs {len(enc) - 1} entries, got {len(dec)}")
-        check_upsampling(encoder_strides, up_mode, "unet")
+        if stage_strides is None:  # the encoder doubles per level: checked
+            check_upsampling(encoder_strides, up_mode, "unet")
         self.out_channels = dec
         self.strides = list(encoder_strides[:-1])
         blocks = []
         deeper = enc[-1]
         for level in reversed(range(len(enc) - 1)):
+            # per-axis geometry (anisotropic U-Nets): level `level` up-samples by the factor the
+            # encoder pooled below it and convolves with that level's kernel (nnU-Net's decoder)
+            extra = {} if stage_strides is None else {"factor": tuple(stage_strides[level])}
+            if kernel_sizes is not None:
+                extra["kernel_size"] = tuple(kernel_sizes[level])
             blocks.append(UpBlock(spatial_dims, deeper, enc[level], dec[level], up_mode=up_mode,
                                   padding=padding, norm=norm, act=act, dropout=dropout,
-                                  separable=separable, convs=convs, bias=conv_bias))
+                                  separable=separable, convs=convs, bias=conv_bias, **extra))
             deeper = dec[level]
         self.blocks = nn.ModuleList(blocks)  # deepest first
 
