@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -125,7 +125,7 @@ def check_dataset(root: str | os.PathLike, masks_dir: str | os.PathLike | None =
                   mask_suffix: str | None = None, channels: list[str] | None = None,
                   num_classes: int | None = None, mask_kind: str = "auto", spatial_dims: int | None = None,
                   allow_empty: bool = False, scan: FolderScan | None = None, strict: bool = False,
-                  in_channels: int | None = None, min_size: int | None = None) -> CheckReport:
+                  in_channels: int | None = None, min_size: int | Sequence[int] | None = None) -> CheckReport:
     """Read every file under `root` once; report problems and statistics (see the module docstring).
 
     Empty masks are warnings (`strict`: problems; `allow_empty`: not reported). `in_channels` /
@@ -186,17 +186,21 @@ def check_dataset(root: str | os.PathLike, masks_dir: str | os.PathLike | None =
     return report
 
 
-def _check_fits_model(image: np.ndarray, path: Path, in_channels: int | None, min_size: int | None,
-                      add: Any) -> None:
+def _check_fits_model(image: np.ndarray, path: Path, in_channels: int | None,
+                      min_size: int | Sequence[int] | None, add: Any) -> None:
     channels = image.shape[0]
     if in_channels is not None and channels != in_channels:
         what = " (RGB)" if channels == 3 else " (RGBA)" if channels == 4 else ""
         add((str(path), f"has {channels} channel(s){what} but the model takes in_channels={in_channels}; "
                         f"set --in-channels {channels} (model.in_channels: {channels} in the config)"
                         + (" or save the images as greyscale" if in_channels == 1 else "")))
-    if min_size is not None and min(image.shape[1:]) < min_size:
+    if min_size is None:
+        return
+    need = tuple(min_size) if isinstance(min_size, (tuple, list)) else (int(min_size),) * (image.ndim - 1)
+    if any(n < m for n, m in zip(image.shape[1:], need)):
+        per = f"{need[0]} per side" if len(set(need)) == 1 else f"{_fmt(need)} per axis"
         add((str(path), f"size {_fmt(image.shape[1:])} is smaller than the model's smallest input "
-                        f"({min_size} per side: its total stride); use a shallower model or larger images"))
+                        f"({per}: its total stride); use a shallower model or larger images"))
 
 
 def _check_label_geometry(scan: FolderScan, affines: dict[str, Any], add: Any) -> None:

@@ -234,10 +234,11 @@ class Predictor:
         roi = (int(roi_size),) * dims if isinstance(roi_size, (int, np.integer)) else tuple(int(r) for r in roi_size)
         if len(roi) != dims:
             raise ConfigError(f"window size (--roi) {roi} does not match a {dims}D model; give one size or {dims}")
-        need = self.min_input_size()
-        if min(roi) < need:
-            raise ConfigError(f"window size (--roi) {roi} is smaller than the network's total stride ({need}); "
-                              f"use at least {need} per axis (a multiple of {need} is best)")
+        need = self.min_input_sizes()
+        if any(r < n for r, n in zip(roi, need)):
+            per = f"{need[0]}" if len(set(need)) == 1 else "x".join(map(str, need))
+            raise ConfigError(f"window size (--roi) {roi} is smaller than the network's total stride ({per}); "
+                              f"use at least {per} per axis (a multiple of {per} is best)")
         if self.valid_mode:  # snap to the nearest valid input size at or below the request
             snapped = []
             for r in roi:
@@ -283,11 +284,17 @@ class Predictor:
 
         return 1 if self.valid_mode else min_input_size(self.model)
 
+    def min_input_sizes(self) -> tuple[int, ...]:
+        """`min_input_size` per axis (an anisotropic U-Net pools a thick axis less)."""
+        from unetkit.models.registry import min_input_sizes
+
+        return (1,) * self.spatial_dims if self.valid_mode else min_input_sizes(self.model)
+
     def _pad_small(self, x: torch.Tensor) -> torch.Tensor:
         """Images smaller than the network's total stride (1x1, 3x3, 1x300) are padded (mirrored,
         edge-repeated when too small to mirror) to that size; the prediction is cropped back."""
-        need = self.min_input_size()
-        pads = [max(0, need - n) for n in x.shape[2:]]
+        need = self.min_input_sizes()
+        pads = [max(0, m - n) for m, n in zip(need, x.shape[2:])]
         if not any(pads):
             return x
         widths = [(0, 0), (0, 0)] + [(0, p) for p in pads]

@@ -24,9 +24,11 @@ and the number of optimiser steps the budget allows (capped at 2000, below 400 s
 is only taken when nothing faster exists). Iterations, epochs, validation frequency, learning rate
 and schedule follow from the chosen step time; early stopping is off (the budget ends the run).
 
-Limitations: the UNet pools every axis together, so on anisotropic volumes the depth is limited by
-the thinnest patch axis (nnU-Net would keep pooling in-plane); data are trained at their native
-spacing (the target spacing is reported, not applied).
+Anisotropic volumes (3D, spacing differing by 2x or more between axes) get nnU-Net's per-axis
+pooling and kernels (`pool_and_conv_props`): the UNet's `strides` / `kernel_sizes`, so a thick axis
+is pooled (and convolved) only once the in-plane axes have caught up with its spacing. 2D and
+isotropic data pool every axis together. Limitation: data are trained at their native spacing (the
+target spacing is reported, not applied).
 """
 from __future__ import annotations
 
@@ -203,8 +205,11 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
         f"nnU-Net's would be {'x'.join(map(str, base))}; "
         f"{'the same' if chosen['scale'] == 1.0 else 'scaled down'}: best context x capacity x steps in the budget")
     add("network", f"unet, widths {chosen['features']}", f"base width {chosen['features'][0]} "
-        f"(nnU-Net: 32, capped at {WIDTH_CAP[dims]}); depth {len(chosen['features'])}: pooled to >= 4 px "
-        "on the thinnest patch axis")
+        f"(nnU-Net: 32, capped at {WIDTH_CAP[dims]}); depth {len(chosen['features'])}: "
+        + ("pooled to >= 4 px on the thinnest patch axis" if chosen.get("strides") is None
+           else "pooled per axis (see pooling)"))
+    add("pooling", *describe_pooling(chosen.get("strides"), chosen.get("kernel_sizes"), patch,
+                                     spacing if dims == 3 else [1.0] * dims))
     add("norm", chosen["norm"], "instance norm in 3D and for small batches (nnU-Net); batch norm for 2D batches >= 4")
     add("batch", chosen["batch"], "3D: 2 (nnU-Net); 2D: 8, 4 for large patches, at most 5% of the data per step")
     timing = "measured" if chosen.get("measured") else "predicted from FLOPs"
@@ -246,6 +251,9 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     cfg.model.name, cfg.model.spatial_dims = "unet", dims
     cfg.model.in_channels, cfg.model.num_classes = channels, num_classes
     cfg.model.kwargs = {"features": list(chosen["features"]), "norm": chosen["norm"], "deep_supervision": True}
+    if chosen.get("strides") is not None:  # anisotropic: nnU-Net's per-axis pooling and kernels
+        cfg.model.kwargs["strides"] = [list(v) for v in chosen["strides"]]
+        cfg.model.kwargs["kernel_sizes"] = [list(v) for v in chosen["kernel_sizes"]]
     d = cfg.data
     d.images = str(Path(data).resolve())
     d.masks = str(Path(masks).resolve()) if masks is not None else None
@@ -320,6 +328,84 @@ def _divisible(patch: Sequence[int], dims: int) -> tuple[list[int], int]:
     return [max(step, (int(p) // step) * step) for p in patch], pools
 
 
+def pool_and_conv_props(spacing: Sequence[float], patch: Sequence[int], max_pools: int,
+                        min_feature_map: int = 4) -> tuple[list[list[int]], list[list[int]]]:
+    """nnU-Net v2's `get_pool_and_conv_props`: (down-sampling factor per axis for each stage below
+    the top, conv kernel per axis for each stage). An axis is pooled only while its current spacing
+    is within 2x of the finest current spacing and it keeps >= `min_feature_map` px (a lone axis
+    >= 3x that); its kernel is 1 until its spacing comes within 2x of the finest, then 3.
+    At most `max_pools` stages below the top."""
+    dims = len(spacing)
+    current_spacing, current_size = [float(s) for s in spacing], [float(p) for p in patch]
+    kernel = [1] * dims
+    strides: list[list[int]] = []
+    kernels: list[list[int]] = []
+    while len(strides) < max_pools:
+        valid = [i for i in range(dims) if current_size[i] >= 2 * min_feature_map]
+        if not valid:
+            break
+        finest = min(current_spacing[i] for i in valid)
+        valid = [i for i in valid if current_spacing[i] / finest < 2]
+        if len(valid) == 1 and current_size[valid[0]] < 3 * min_feature_map:
+            break
+        if not valid:
+            break
+        for d in range(dims):
+            if kernel[d] != 3 and current_spacing[d] / min(current_spacing) < 2:
+                kernel[d] = 3
+        step = [2 if d in valid else 1 for d in range(dims)]
+        for d in valid:
+            current_spacing[d] *= 2
+            current_size[d] = math.ceil(current_size[d] / 2)
+        strides.append(step)
+        kernels.append(list(kernel))
+    kernels.append([3] * dims)  # the bottleneck: 3 on every axis (nnU-Net)
+    return strides, kernels
+
+
+def patch_geometry(patch: Sequence[int], spacing: Sequence[float], dims: int
+                   ) -> tuple[list[int], list[int], list[list[int]] | None, list[list[int]] | None]:
+    """(patch made divisible, features' depth - 1 as the number of poolings, per-axis strides,
+    per-axis kernels) for a candidate patch. 3D data whose spacing differs by 2x or more between axes
+    get nnU-Net's per-axis pooling (`pool_and_conv_props`); otherwise (2D, isotropic 3D) every axis is
+    pooled together, as before (strides and kernels None)."""
+    anisotropic = dims == 3 and max(spacing) / min(spacing) >= 2
+    if not anisotropic:
+        patch, pools = _divisible(patch, dims)
+        return patch, [pools], None, None
+    patch = [int(p) for p in patch]
+    for _ in range(4):  # rounding down to the total stride may remove a pooling: settle
+        strides, kernels = pool_and_conv_props(spacing, patch, MAX_DEPTH[dims] - 1)
+        total = [int(np.prod([s[a] for s in strides])) for a in range(dims)]
+        rounded = [max(t, (p // t) * t) for p, t in zip(patch, total)]
+        if rounded == patch:
+            break
+        patch = rounded
+    if not strides:  # too small to pool by the rule: one pooling on every axis, as before
+        patch, pools = _divisible(patch, dims)
+        return patch, [pools], None, None
+    return patch, [len(strides)], strides, kernels
+
+
+def describe_pooling(strides: Sequence[Sequence[int]] | None, kernels: Sequence[Sequence[int]] | None,
+                     patch: Sequence[int], spacing: Sequence[float]) -> tuple[str, str]:
+    """(value, why) for the plan's "pooling" row."""
+    dims = len(patch)
+    if strides is None:
+        pools = pools_for(patch, dims)
+        return (f"{pools} x 2 on every axis",
+                "spacing within 2x on every axis: all axes pooled together down to >= 4 px")
+    total = [int(np.prod([s[a] for s in strides])) for a in range(dims)]
+    bottom = [p // t for p, t in zip(patch, total)]
+    value = " ".join("".join(map(str, s)) for s in strides) + f" (x{'x'.join(map(str, total))})"
+    flat = [a for a in range(dims) if kernels and kernels[0][a] == 1]
+    why = (f"nnU-Net: an axis is pooled only while its spacing is within 2x of the finest, down to "
+           f">= 4 px (bottleneck {'x'.join(map(str, bottom))})")
+    if flat:
+        why += f"; kernel 1 on axis {','.join(map(str, flat))} while its spacing is > 2x the finest"
+    return value, why
+
+
 # ---- candidates ------------------------------------------------------------------------------
 def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: int, fp: Fingerprint,
                     memory: int, spacing: Sequence[float]) -> list[dict[str, Any]]:
@@ -335,7 +421,7 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
         floor = [min(b, max(f, side)) for b, f in zip(base, floor)]
     for scale in SCALES:
         patch = _shrink(base, scale, spacing if dims == 3 else [1.0] * dims, floor)
-        patch, pools = _divisible(patch, dims)
+        patch, (pools,), strides, kernels = patch_geometry(patch, spacing if dims == 3 else [1.0] * dims, dims)
         vox = int(np.prod(patch))
         if dims == 3:
             batch = 2
@@ -349,46 +435,65 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
                 continue
             seen.add(key)
             norm = "instance" if dims == 3 or batch < 4 else "batch"
-            flops = unet_flops(features, patch, channels, num_classes, batch)
-            params = unet_params(features, dims, channels, num_classes)
-            activation_bytes = 4 * batch * vox * sum(f * 2.0 ** (-dims * i) for i, f in enumerate(features)) * 14
+            flops = unet_flops(features, patch, channels, num_classes, batch, strides, kernels)
+            params = unet_params(features, dims, channels, num_classes, strides, kernels)
+            reductions = _level_reductions(len(features), dims, strides)
+            activation_bytes = 4 * batch * vox * sum(f / r for f, r in zip(features, reductions)) * 14
             if activation_bytes > memory:
                 continue
             out.append({"patch": patch, "features": features, "batch": batch, "norm": norm, "scale": scale,
-                        "num_classes": num_classes, "params": params,
+                        "num_classes": num_classes, "params": params, "strides": strides, "kernel_sizes": kernels,
                         "flops": 3 * flops, "memory": activation_bytes})
     return out
 
 
+def _level_reductions(levels: int, dims: int, strides: Sequence[Sequence[int]] | None) -> list[float]:
+    """Voxel-count reduction of each level against the input (2^d per level without `strides`)."""
+    if strides is None:
+        return [float((2**dims) ** i) for i in range(levels)]
+    out = [1.0]
+    for s in strides[:levels - 1]:
+        out.append(out[-1] * float(np.prod(s)))
+    return out
+
+
 def unet_flops(features: Sequence[int], patch: Sequence[int], in_channels: int, num_classes: int,
-               batch: int = 1) -> float:
+               batch: int = 1, strides: Sequence[Sequence[int]] | None = None,
+               kernel_sizes: Sequence[Sequence[int]] | None = None) -> float:
     """Forward FLOPs (multiply and add) of the plain UNet's convolutions: two 3^d convolutions per
-    encoder level, a 2^d up-convolution and two 3^d convolutions per decoder level, a 1x1 head.
+    encoder level, a 2^d up-convolution and two 3^d convolutions per decoder level, a 1x1 head
+    (per-axis `strides` / `kernel_sizes`: the anisotropic U-Net's factors and kernels instead).
     Norms and activations are left out; the probe's timings absorb them."""
     dims = len(patch)
-    k3, k2 = 3**dims, 2**dims
-    voxels = [float(np.prod(patch)) / (2**dims) ** i for i in range(len(features))]
+    levels = len(features)
+    k3 = [float(np.prod(k)) for k in kernel_sizes] if kernel_sizes is not None else [3.0**dims] * levels
+    k2 = [float(np.prod(s)) for s in strides] if strides is not None else [2.0**dims] * (levels - 1)
+    voxels = [float(np.prod(patch)) / r for r in _level_reductions(levels, dims, strides)]
     total, previous = 0.0, in_channels
-    for c, v in zip(features, voxels):
-        total += 2 * k3 * v * (previous * c + c * c)
+    for c, v, k in zip(features, voxels, k3):
+        total += 2 * k * v * (previous * c + c * c)
         previous = c
-    for i in range(len(features) - 2, -1, -1):
+    for i in range(levels - 2, -1, -1):
         c, v = features[i], voxels[i]
-        total += 2 * k2 * voxels[i + 1] * features[i + 1] * c + 2 * k3 * v * (2 * c * c + c * c)
+        total += 2 * k2[i] * voxels[i + 1] * features[i + 1] * c + 2 * k3[i] * v * (2 * c * c + c * c)
     total += 2 * voxels[0] * features[0] * max(1, num_classes)
     return batch * total
 
 
-def unet_params(features: Sequence[int], dims: int, in_channels: int, num_classes: int) -> float:
+def unet_params(features: Sequence[int], dims: int, in_channels: int, num_classes: int,
+                strides: Sequence[Sequence[int]] | None = None,
+                kernel_sizes: Sequence[Sequence[int]] | None = None) -> float:
     """Convolution weights of the plain UNet (as `unet_flops` counts them; norms and biases left out)."""
-    k3, k2 = 3**dims, 2**dims
+    levels = len(features)
+    k3 = [float(np.prod(k)) for k in kernel_sizes] if kernel_sizes is not None else [3.0**dims] * levels
+    k2 = [float(np.prod(s)) for s in strides] if strides is not None else [2.0**dims] * (levels - 1)
     total, previous = 0.0, in_channels
-    for c in features:
-        total += k3 * (previous * c + c * c)
+    for c, k in zip(features, k3):
+        total += k * (previous * c + c * c)
         previous = c
-    for i in range(len(features) - 2, -1, -1):
+    for i in range(levels - 2, -1, -1):
         c = features[i]
-        total += k2 * features[i + 1] * c + k3 * 3 * c * c
+        total += k2[i] * features[i + 1] * c + k3[i] * 3 * c * c
     return total + features[0] * max(1, num_classes)
 
 
@@ -455,7 +560,8 @@ def _time(c: dict[str, Any], device: str, dims: int, channels: int, max_seconds:
     from unetkit.planning.probe import time_augmentation, time_step
 
     seconds = time_step(dims, channels, c["num_classes"], c["features"], c["patch"], c["batch"], device=device,
-                        norm=c["norm"], steps=2, max_seconds=max_seconds, threads=threads)
+                        norm=c["norm"], steps=2, max_seconds=max_seconds, threads=threads,
+                        strides=c.get("strides"), kernel_sizes=c.get("kernel_sizes"))
     c["probe_s"] = seconds
     c["augment_s"] = time_augmentation("default", dims, channels, c["patch"], repeats=2)
     return seconds

@@ -17,28 +17,35 @@ import torch
 
 def time_step(spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int], patch: Sequence[int],
               batch: int, device: str = "cpu", norm: str = "batch", deep_supervision: bool = True,
-              steps: int = 2, max_seconds: float = 20.0, threads: int | None = None) -> float:
+              steps: int = 2, max_seconds: float = 20.0, threads: int | None = None,
+              strides: Sequence[Sequence[int]] | None = None,
+              kernel_sizes: Sequence[Sequence[int]] | None = None) -> float:
     """Seconds per training step (forward, backward, optimiser) of a UNet candidate on `device`
-    (with `threads` CPU threads for PyTorch, restored afterwards)."""
+    (with `threads` CPU threads for PyTorch, restored afterwards); `strides` / `kernel_sizes`: the
+    candidate's per-axis pooling (anisotropic plans), as the trained model will have it."""
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         return _time_step(spatial_dims, in_channels, num_classes, features, patch, batch, device, norm,
-                          deep_supervision, steps, max_seconds)
+                          deep_supervision, steps, max_seconds, strides, kernel_sizes)
     finally:
         torch.set_num_threads(before)
 
 
 def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int], patch: Sequence[int],
-               batch: int, device: str, norm: str, deep_supervision: bool, steps: int, max_seconds: float) -> float:
+               batch: int, device: str, norm: str, deep_supervision: bool, steps: int, max_seconds: float,
+               strides: Sequence[Sequence[int]] | None = None,
+               kernel_sizes: Sequence[Sequence[int]] | None = None) -> float:
     from unetkit.losses import DeepSupervisionLoss, create_loss
     from unetkit.models import create_model
 
     dev = torch.device(device)
     torch.manual_seed(0)
+    geometry = {} if strides is None else {"strides": [list(v) for v in strides],
+                                           "kernel_sizes": None if kernel_sizes is None else [list(v) for v in kernel_sizes]}
     model = create_model("unet", spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
-                         features=list(features), norm=norm, deep_supervision=deep_supervision).to(dev)
+                         features=list(features), norm=norm, deep_supervision=deep_supervision, **geometry).to(dev)
     channels_last = spatial_dims == 2
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

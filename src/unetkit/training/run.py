@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -88,11 +88,11 @@ def absolute_data_paths(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def check_model_config(config: TrainConfig) -> int:
+def check_model_config(config: TrainConfig) -> tuple[int, ...]:
     """Build the configured model on the meta device (no memory, no random numbers drawn): an unknown
-    name or option is a ConfigError now, not after the data is read. Returns its smallest input side."""
+    name or option is a ConfigError now, not after the data is read. Returns its smallest input, per axis."""
     from unetkit.models import create_model
-    from unetkit.models.registry import min_input_size
+    from unetkit.models.registry import min_input_sizes
 
     m = config.model
     try:
@@ -103,7 +103,7 @@ def check_model_config(config: TrainConfig) -> int:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model '{m.name}' cannot be built with model.kwargs {m.kwargs}: {err}") from None
-    return min_input_size(model)
+    return min_input_sizes(model)
 
 
 def check_monitor(config: TrainConfig) -> None:
@@ -117,7 +117,7 @@ def check_monitor(config: TrainConfig) -> None:
 
 
 def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False,
-                   min_size: int | None = None) -> tuple[Dataset, Dataset | None, dict]:
+                   min_size: int | Sequence[int] | None = None) -> tuple[Dataset, Dataset | None, dict]:
     """(train set, validation set or None with `no_val`, metadata for the model file) for `config.data`.
 
     A source with a single image or volume is split by region (`region_split`); an empty validation
@@ -150,7 +150,8 @@ def build_datasets(config: TrainConfig, run_dir: Path, resuming: bool = False,
 
 
 def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_dir: Path,
-                    resuming: bool, min_size: int | None = None) -> tuple[Dataset, Dataset | None, dict]:
+                    resuming: bool, min_size: int | Sequence[int] | None = None
+                    ) -> tuple[Dataset, Dataset | None, dict]:
     from unetkit.data.checks import check_dataset
     from unetkit.data.dataset import SegmentationDataset
     from unetkit.data.folder import scan_folder
