@@ -152,3 +152,56 @@ def test_patch_geometry_is_isotropic_for_2d_and_isotropic_3d() -> None:
     patch, _, strides, _ = patch_geometry([20, 150, 150], [5.0, 0.6, 0.6], 3)
     total = np.prod(strides, axis=0)
     assert all(p % t == 0 for p, t in zip(patch, total)) and strides[0] == [1, 2, 2]
+
+
+def _thick_folder(root, n: int = 3, shape=(12, 40, 40)):
+    """Thick-slice CT-like volumes (spacing 4 x 0.8 x 0.8 mm) with a bright block as foreground."""
+    from unetkit.data.io import VolumeMeta, write_image, write_mask
+
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        image = rng.normal(-800, 40, shape)
+        mask = np.zeros(shape, np.uint8)
+        mask[3:8, 10 + i:24 + i, 12:28] = 1
+        image[mask > 0] = rng.normal(60, 20, int(mask.sum()))
+        meta = VolumeMeta(spacing=(4.0, 0.8, 0.8))
+        write_image(root / "images" / f"ct{i}.nii.gz", image.astype(np.int16)[None], meta)
+        write_mask(root / "masks" / f"ct{i}.nii.gz", mask, meta)
+    return root
+
+
+@pytest.mark.slow
+def test_train_plans_per_axis_pooling_then_predicts_any_size(tmp_path, monkeypatch) -> None:
+    """`unetkit train --images` on thick-slice volumes: the plan's per-axis strides reach the model
+    file (re-derived when --set changes the depth); `unetkit predict` on a volume whose size is no
+    multiple of the stride writes a mask of the input's shape."""
+    from typer.testing import CliRunner
+
+    import unetkit.planning.planner as planner
+    from unetkit.cli.main import app
+    from unetkit.data.io import VolumeMeta, read_volume, write_image
+
+    monkeypatch.setenv("UNETKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(planner, "_time", lambda c, *a, **k: 0.01 * c["flops"] / 1e8)  # no probing here
+    _thick_folder(tmp_path / "d")
+    p = planner.plan(tmp_path / "d", budget="2m", device="cpu", probe=False)
+    assert p.config.model.kwargs["strides"][0] == [1, 2, 2]
+    assert any(r[0] == "pooling" for r in p.reasons)
+    result = CliRunner().invoke(app, [
+        "train", "--images", str(tmp_path / "d"), "--budget", "2m", "--epochs", "1", "--out-dir", str(tmp_path),
+        "--name", "aniso", "--progress", "quiet", "--set", "data.samples_per_epoch=2", "--set", "data.batch_size=2",
+        "--set", "data.num_workers=0", "--set", "model.kwargs.features=[4,8,8]", "--set", "tensorboard=false"])
+    assert result.exit_code == 0, result.output
+    assert "pooling" in result.output
+    model_file = tmp_path / "aniso" / "last.safetensors"
+    model = unetkit.load_model(model_file)
+    assert model.unetkit_config["strides"][0] == [1, 2, 2] and len(model.unetkit_config["strides"]) == 2
+    image = np.random.default_rng(0).normal(-800, 40, (7, 37, 29)).astype(np.int16)
+    write_image(tmp_path / "new" / "case.nii.gz", image[None], VolumeMeta(spacing=(4.0, 0.8, 0.8)))
+    out = CliRunner().invoke(app, ["predict", str(model_file), str(tmp_path / "new"), "--out", str(tmp_path / "pred"),
+                                   "--no-overlay", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    written = list((tmp_path / "pred").rglob("*.nii.gz"))
+    assert written
+    mask, meta = read_volume(written[0])
+    assert mask.shape[-3:] == (7, 37, 29)

@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
                     planned = plan(images, masks=masks, device=device or "auto", budget=share, memory=memory,
                                    modality=modality, spatial_dims=dims, started=started)
                     typer.echo(planned.table())
-                    cfg = planned.config.with_overrides(overrides)
+                    cfg = planned.configure(overrides)
                     deadline = started + 60 * (cfg.max_minutes or planned.budget_minutes)
                 else:
                     cfg = build_config(config, overrides)

@@ -78,6 +78,24 @@ class Plan:
         lines += [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in self.reasons]
         return "\n".join(lines)
 
+    def configure(self, overrides: Sequence[str] = ()) -> TrainConfig:
+        """The plan's TrainConfig with `overrides` (`section.field=value`, as `--set`) applied. When
+        they change the depth (`model.kwargs.features`) of an anisotropic plan but not its per-axis
+        `strides` / `kernel_sizes`, those are derived again for the new depth by the same rule."""
+        cfg = self.config.with_overrides(list(overrides))
+        kw = cfg.model.kwargs
+        given = " ".join(overrides)
+        if kw.get("strides") is not None and "strides" not in given and "kernel_sizes" not in given:
+            levels = len(kw.get("features") or [])
+            if levels and len(kw["strides"]) != levels - 1:
+                patch = cfg.data.patch_size or self.config.data.patch_size
+                strides, kernels = pool_and_conv_props(target_spacing(self.fingerprint), patch, levels - 1)
+                dims = len(patch)
+                strides += [[2] * dims] * (levels - 1 - len(strides))  # a patch too small for the rule
+                kernels = kernels[:-1] + [[3] * dims] * (levels - len(kernels) + 1)
+                kw["strides"], kw["kernel_sizes"] = strides, kernels[:levels]
+        return cfg
+
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the TrainConfig as YAML, the table as a comment on top (atomic; no silent overwrite)."""
         from unetkit.io.atomic import atomic_path
@@ -413,14 +431,16 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
     seen: set[tuple] = set()
     out = []
     fine = min(spacing) if dims == 3 else 1.0  # 3D: thick axes (spacing > 2x the finest) may go to 16 voxels
-    floor = [min(b, 16 if dims == 3 and sp > 2 * fine else 32) for b, sp in zip(base, spacing if dims == 3 else
-                                                                            [1.0] * dims)]
+    anisotropic = dims == 3 and max(spacing) >= 2 * fine  # per-axis pooling: a thick axis may go to 8
+    thick = 8 if anisotropic else 16
+    floor = [min(b, thick if dims == 3 and sp > 2 * fine else 32) for b, sp in zip(base, spacing if dims == 3 else
+                                                                               [1.0] * dims)]
     size = fp.objects.get("size_median")
     if dims == 2 and size:  # a 2D patch spans 1.5 typical objects (their equivalent diameter), up to 256 px
         side = int(min(256, math.ceil(1.5 * 2 * math.sqrt(size / math.pi))))
         floor = [min(b, max(f, side)) for b, f in zip(base, floor)]
     for scale in SCALES:
-        patch = _shrink(base, scale, spacing if dims == 3 else [1.0] * dims, floor)
+        patch = _shrink(base, scale, spacing if dims == 3 else [1.0] * dims, floor, by_ratio=anisotropic)
         patch, (pools,), strides, kernels = patch_geometry(patch, spacing if dims == 3 else [1.0] * dims, dims)
         vox = int(np.prod(patch))
         if dims == 3:
@@ -497,13 +517,19 @@ def unet_params(features: Sequence[int], dims: int, in_channels: int, num_classe
     return total + features[0] * max(1, num_classes)
 
 
-def _shrink(base: Sequence[int], scale: float, spacing: Sequence[float], floor: Sequence[int]) -> list[int]:
-    """Shrink the patch to scale^dims of its voxels, the physically longest axis first (nnU-Net's
-    way), no axis below `floor`."""
+def _shrink(base: Sequence[int], scale: float, spacing: Sequence[float], floor: Sequence[int],
+            by_ratio: bool = False) -> list[int]:
+    """Shrink the patch to scale^dims of its voxels, the physically longest axis first, no axis
+    below `floor`. `by_ratio` (anisotropic volumes): the axis covering the largest fraction of the
+    starting patch (itself shaped by the median shape) first, as nnU-Net v2 shrinks its patch, so
+    the patch keeps the data's proportions: many voxels in-plane, few along the thick axis."""
     patch = [float(p) for p in base]
     target = np.prod(base) * scale ** len(base)
     while np.prod(patch) > target * 1.0001:
-        extents = [p * s if p > f else -1.0 for p, s, f in zip(patch, spacing, floor)]
+        if by_ratio:
+            extents = [p / b if p > f else -1.0 for p, b, f in zip(patch, base, floor)]
+        else:
+            extents = [p * s if p > f else -1.0 for p, s, f in zip(patch, spacing, floor)]
         axis = int(np.argmax(extents))
         if extents[axis] < 0:
             break

@@ -312,7 +312,7 @@ def auto_train(data: str | Path, *, budget: str | float | None = None, overrides
     started = time.monotonic() if started is None else started
     result = plan(data, budget=budget, started=started, **plan_options)
     echo(result.table())
-    config = result.config.with_overrides(list(overrides))
+    config = result.configure(list(overrides))
     deadline = started + 60 * (config.max_minutes if config.max_minutes is not None else result.budget_minutes)
     if parse_budget(budget) is None and config.max_minutes is None:
         deadline = None
