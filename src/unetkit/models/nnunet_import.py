@@ -3,7 +3,7 @@
 nnU-Net's `checkpoint_final.pth` / `checkpoint_best.pth` is a dict with `network_weights` (the
 state dict of dynamic-network-architectures' network) and `init_args` (plans, configuration,
 dataset.json). A bare state dict works too. The architecture is read from the tensors'
-shapes (widths, blocks, convs per level, biases, kernel 3 and stride 2 everywhere) and checked
+shapes (widths, blocks, convs per level, biases, per-axis strides and kernels) and checked
 against the plans when they are there (the nonlinearity comes from the plans; without them
 nnU-Net's default, leaky ReLU 0.01, is assumed); it becomes
 
@@ -27,8 +27,7 @@ Every source tensor is accounted for, by an explicit key map:
 nnU-Net's preprocessing (resampling, normalisation) is not imported; the model expects inputs
 preprocessed as nnU-Net did. PlainConvUNets with per-axis strides 1/2 and kernels 1/3 (anisotropic
 plans) map to `unet` with `strides` / `kernel_sizes`; for the residual encoder, strides other than 2
-and kernels other than 3
-are not supported and are rejected with a message.
+and kernels other than 3 are not supported and are rejected with a message.
 """
 from __future__ import annotations
 
