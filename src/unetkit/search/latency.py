@@ -213,6 +213,7 @@ class LatencyCache:
         self.info = info
         self.entries: dict[str, dict[str, Any]] = {}
         self.ops: dict[str, dict[str, Any]] = {}
+        self._announced = False
         if self.path.is_file():
             from unetkit.errors import DataError
 
@@ -283,8 +284,10 @@ class LatencyCache:
                 missing[key] = op
         if missing:
             n_timed = sum(op.timed for op in missing.values())
-            if n_timed:
-                log(f"latency table: timing {n_timed} new operations alone ({prec}) ...")
+            if n_timed and not self._announced:
+                self._announced = True
+                log(f"latency table: timing each convolution new to this device's table alone ({prec}, once; "
+                    f"{len(self.ops)} entries so far) ...")
             before = torch.get_num_threads()
             torch.set_num_threads(spec.cpu_threads)
             try:
@@ -467,8 +470,10 @@ def _materialize(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 def _time_call(run: Callable[[], Any], spec: LatencySpec, clock: Callable[[], float] = time.perf_counter,
                min_s: float = 2e-3, max_inner: int = 50) -> float:
-    """Median seconds of one call of `run`: one warm-up call, then `min(repeats, 3)` timings of
-    enough back-to-back calls to last about `min_s` (short operations are below timer noise)."""
+    """Seconds of one call of `run`: one warm-up call, then `min(repeats, 3)` timings of enough
+    back-to-back calls to last about `min_s` (short operations are below timer noise); the fastest
+    timing counts (other processes only ever add time; the fit's `a` calibrates the table to the
+    whole networks' medians)."""
     device = spec.device
     _sync(device)
     t0 = clock()
@@ -477,7 +482,7 @@ def _time_call(run: Callable[[], Any], spec: LatencySpec, clock: Callable[[], fl
     first = clock() - t0
     inner = max(1, min(max_inner, int(min_s / max(first, 1e-7))))
     times = time_runs(lambda: [run() for _ in range(inner)], max(1, min(spec.repeats, 3)), 0, device, clock=clock)
-    return statistics.median(times) / inner
+    return min(times) / inner
 
 
 def time_op(op: Op, spec: LatencySpec) -> float:
