@@ -7,7 +7,9 @@
    validation cases from splits.json (for a single image/volume: its held-out region).
 3. The model (best.safetensors, else last) predicts each held-out case whole, as a user would.
 4. Baseline: an Otsu threshold per image (per volume in 3D), its polarity (bright or dark
-   foreground) chosen on the training cases.
+   foreground) chosen on the training cases. With more than one foreground class, also a
+   multi-Otsu baseline: K-1 thresholds per image, each intensity band mapped to the class that
+   fills most of it on the training cases; both are scored by the mean per-class Dice.
 5. Printed: pixel Dice (pooled over the held-out cases, and the mean per case), object F1 at
    IoU >= 0.5 (touching objects split by a distance watershed in 2D, connected components in 3D),
    and the time of the run. `--json` writes the same.
@@ -77,19 +79,33 @@ def score_run(run_dir: Path, data: Path, test: Path | None) -> dict:
         regions = fold.get("regions", {}).get("val", {})
         held = [(by_name[n], regions.get(n)) for n in fold["val"]]
     train_cases = [c for c in train_scan.pairs if c.name in set(fold["train"])]
-    polarity = _otsu_polarity(train_cases, fold.get("regions", {}).get("train", {}))
+    train_regions = fold.get("regions", {}).get("train", {})
+    polarity = _otsu_polarity(train_cases, train_regions)
+    classes = int(predictor.num_classes) if predictor.num_classes > 1 else 2
+    band_map = _multiotsu_map(train_cases, train_regions, classes) if classes > 2 else None
     rows = []
     for case, box in held:
-        image, truth, instances = _read(case)
-        pred = predictor.predict_array(image).labels[0] > 0
+        image, labels, instances = _read(case)
+        pred_labels = predictor.predict_array(image).labels[0]
         otsu = _otsu(image, polarity)
+        bands = _multiotsu(image, band_map, classes) if band_map is not None else None
         if box is not None:
             sl = tuple(slice(a, b) for a, b in box)
-            image, truth, pred, otsu = image[(slice(None),) + sl], truth[sl], pred[sl], otsu[sl]
+            image, labels, pred_labels, otsu = image[(slice(None),) + sl], labels[sl], pred_labels[sl], otsu[sl]
             instances = instances[sl] if instances is not None else None
-        rows.append({"case": case.name, "unet": _scores(pred, truth, instances), "otsu": _scores(otsu, truth, instances)})
-    return {"run_dir": str(run_dir), "model": model.name, "held_out": [r["case"] for r in rows],
-            "otsu_polarity": polarity, "unet": _pool(rows, "unet"), "otsu": _pool(rows, "otsu"), "rows": rows}
+            bands = bands[sl] if bands is not None else None
+        truth = labels > 0
+        row = {"case": case.name, "unet": _scores(pred_labels > 0, truth, instances), "otsu": _scores(otsu, truth, instances)}
+        if band_map is not None:
+            row["unet"]["classes"] = _class_counts(pred_labels, labels, classes)
+            row["multiotsu"] = {"classes": _class_counts(bands, labels, classes)}
+        rows.append(row)
+    report = {"run_dir": str(run_dir), "model": model.name, "held_out": [r["case"] for r in rows],
+              "otsu_polarity": polarity, "unet": _pool(rows, "unet"), "otsu": _pool(rows, "otsu"), "rows": rows}
+    if band_map is not None:
+        report["class_dice"] = {"unet": _class_dice(rows, "unet"), "multiotsu": _class_dice(rows, "multiotsu")}
+        report["multiotsu_bands"] = band_map
+    return report
 
 
 def _read(case):
@@ -98,7 +114,7 @@ def _read(case):
     image = np.concatenate([read_input(p)[0] for p in case.images])
     truth_labels = read_labels(case.mask, image.ndim - 1)
     instances = read_labels(case.instances, image.ndim - 1) if case.instances is not None else None
-    return image, truth_labels > 0, instances
+    return image, truth_labels, instances
 
 
 def _otsu(image: np.ndarray, polarity: str) -> np.ndarray:
@@ -113,7 +129,8 @@ def _otsu_polarity(cases, regions: dict) -> str:
     """bright or dark foreground: whichever Otsu side scores the higher Dice on the training cases."""
     totals = {"bright": [0.0, 0.0], "dark": [0.0, 0.0]}
     for case in cases[:20]:
-        image, truth, _ = _read(case)
+        image, labels, _ = _read(case)
+        truth = labels > 0
         if case.name in regions:
             sl = tuple(slice(a, b) for a, b in regions[case.name])
             image, truth = image[(slice(None),) + sl], truth[sl]
@@ -122,6 +139,46 @@ def _otsu_polarity(cases, regions: dict) -> str:
             totals[side][0] += 2 * float((m & truth).sum())
             totals[side][1] += float(m.sum() + truth.sum())
     return max(totals, key=lambda s: totals[s][0] / max(totals[s][1], 1.0))
+
+
+def _multiotsu(image: np.ndarray, band_map: list[int], classes: int) -> np.ndarray:
+    from skimage.filters import threshold_multiotsu
+
+    gray = image.astype(np.float64).mean(axis=0)
+    bands = np.digitize(gray, threshold_multiotsu(gray, classes=classes))
+    return np.asarray(band_map)[bands]
+
+
+def _multiotsu_map(cases, regions: dict, classes: int) -> list[int]:
+    """For each of the `classes` intensity bands (dark to bright), the label filling most of it."""
+    from skimage.filters import threshold_multiotsu
+
+    counts = np.zeros((classes, classes))
+    for case in cases[:20]:
+        image, labels, _ = _read(case)
+        if case.name in regions:
+            sl = tuple(slice(a, b) for a, b in regions[case.name])
+            image, labels = image[(slice(None),) + sl], labels[sl]
+        gray = image.astype(np.float64).mean(axis=0)
+        bands = np.digitize(gray, threshold_multiotsu(gray, classes=classes))
+        np.add.at(counts, (bands.ravel(), np.clip(labels.ravel(), 0, classes - 1)), 1)
+    return [int(i) for i in counts.argmax(axis=1)]
+
+
+def _class_counts(pred: np.ndarray, truth: np.ndarray, classes: int) -> list[list[float]]:
+    """[intersection, |pred| + |truth|] per foreground class."""
+    return [[float(((pred == c) & (truth == c)).sum()), float((pred == c).sum() + (truth == c).sum())]
+            for c in range(1, classes)]
+
+
+def _class_dice(rows: list[dict], key: str) -> dict:
+    """Per foreground class, Dice pooled over the held-out cases; and their mean."""
+    per_class = []
+    for c in range(len(rows[0][key]["classes"])):
+        inter = sum(r[key]["classes"][c][0] for r in rows)
+        total = sum(r[key]["classes"][c][1] for r in rows)
+        per_class.append(2 * inter / total if total else float("nan"))
+    return {"per_class": per_class, "mean": float(np.nanmean(per_class))}
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray, instances: np.ndarray | None) -> dict:
@@ -155,6 +212,11 @@ def format_report(r: dict) -> str:
     for key, label in (("dice_pooled", "Dice (pooled)"), ("dice_mean", "Dice (mean per case)"),
                        ("object_f1_mean", "object F1 @ IoU 0.5")):
         lines.append(f"{label:24}{r['otsu'][key]:>10.3f}{r['unet'][key]:>12.3f}")
+    if "class_dice" in r:
+        c = r["class_dice"]
+        lines.append(f"{'mean class Dice':24}{c['multiotsu']['mean']:>10.3f}{c['unet']['mean']:>12.3f}"
+                     f"   (baseline: multi-Otsu, bands -> {r['multiotsu_bands']}; per class "
+                     f"{[round(x, 3) for x in c['multiotsu']['per_class']]} vs {[round(x, 3) for x in c['unet']['per_class']]})")
     return "\n".join(lines)
 
 
