@@ -159,8 +159,7 @@ def latency_only(args: argparse.Namespace) -> None:
     print(f"\nheld-out relative error over {st['n']} candidates: median {100 * st['median']:.1f}%, "
           f"p90 {100 * st['p90']:.1f}%, max {100 * st['max']:.1f}%")
     coef = report["predictor"]["coef"]
-    print(f"predictor (all candidates): {coef['op_sum_s']:.3f} x table sum + {coef['ops'] * 1e6:.1f} us x ops "
-          f"+ {coef['const'] * 1000:.2f} ms")
+    print("predictor (all candidates): " + " + ".join(f"{v:.4g} x {k}" for k, v in coef.items() if v))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "latency_report.json").write_text(json.dumps(

@@ -184,16 +184,19 @@ def test_predictor_recovers_latencies_made_from_the_op_table(tmp_path, monkeypat
     rows = held_out_errors(feats, secs, folds=4, seed=0)
     assert sorted(r["index"] for r in rows) == list(range(len(cands)))
     assert max(r["error"] for r in rows) < 1e-6
-    coef = LatencyPredictor.fit(feats, secs).coef
-    assert coef["op_sum_s"] == pytest.approx(a, rel=1e-6) and coef["ops"] == pytest.approx(b, rel=1e-4)
+    coef = LatencyPredictor.fit(feats, secs).coef  # one factor per part of the table, both a here
+    assert coef["conv_s"] == pytest.approx(a, rel=1e-5) and coef["other_s"] == pytest.approx(a, rel=1e-4)
+    assert coef["ops"] == pytest.approx(b, rel=1e-3)
     noisy = [s * (1.5 if i == 3 else 1.0) for i, s in enumerate(secs)]  # an outlier shows when held out
     assert next(r for r in held_out_errors(feats, noisy, folds=4) if r["index"] == 3)["error"] > 0.2
 
 
 def test_held_out_candidates_are_not_in_the_fit_that_predicts_them(monkeypatch):
     rng = np.random.default_rng(0)
-    feats = [{"id": i, "const": 1.0, "op_sum_s": float(rng.uniform(1e-3, 1e-2)), "ops": float(rng.integers(20, 90))}
-             for i in range(11)]
+    feats = [{"id": i, "const": 1.0, "conv_s": float(rng.uniform(1e-3, 1e-2)), "other_s": float(rng.uniform(0, 1e-3)),
+              "ops": float(rng.integers(20, 90))} for i in range(11)]
+    for f in feats:
+        f["op_sum_s"] = f["conv_s"] + f["other_s"]
     secs = [1.1 * f["op_sum_s"] + 1e-5 * f["ops"] for f in feats]
     seen = []
     real_fit = LatencyPredictor.fit.__func__
@@ -298,7 +301,8 @@ class Fakes:
 
     def features(self, c):
         g = 0.2 + 10 * _h(c.key, 0, 6)
-        return {"const": 1.0, "op_sum_s": 0.01 * g, "ops": 0.0, "gflop": g, "params": 1000.0}
+        return {"const": 1.0, "op_sum_s": 0.01 * g, "conv_s": 0.01 * g, "other_s": 0.0, "ops": 0.0, "gflop": g,
+                "params": 1000.0}
 
     def measure(self, c, cap):
         self.measured.append(c.key)

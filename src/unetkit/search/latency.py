@@ -21,8 +21,8 @@ groups, spatial size, batch, precision) is timed alone once on the device, with 
 threads, channels-last layout and inference mode, and kept in the per-device cache file; the
 elementwise, concatenation, pooling and resampling operations are their bytes moved times a
 measured seconds-per-byte of their class. A network's latency is predicted as
-a * (sum of its operations' table latencies) + b * (number of operations) + c, with a, b, c >= 0
-fitted to the measured whole networks by relative error. int8 (ONNX Runtime) has no per-operation
+a * (sum of its operations' table latencies) + b * (number of operations) + c, with a split into
+one factor for the timed convolutions and one for the bytes-modelled rest, all >= 0, fitted to the measured whole networks by relative error. int8 (ONNX Runtime) has no per-operation
 table: the same model is fitted on the fp32 table's sums, a linear correction. `held_out_errors`
 reports the error on candidates held out of the fit; `predictor_report` measures and reports it.
 """
@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import statistics
 import tempfile
@@ -50,10 +51,12 @@ from unetkit.io.atomic import atomic_path
 
 PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("amp", "fp32")}
 CACHE_VERSION = 2  # 1: whole-network entries only; 2: + the per-operation table ("ops")
-# the predictor: seconds = a * (sum of the operations' table latencies) + b * (operations) + c
-FEATURES = ("op_sum_s", "ops", "const")
-# with fewer than 2 measurements per feature, the fit uses only these (the others get 0)
+# the predictor: seconds = a1 * (table sum of the timed convolutions) + a2 * (table sum of the
+# operations modelled by bytes) + b * (operations) + c
+FEATURES = ("conv_s", "other_s", "ops", "const")
+# with fewer than 2 measurements per coefficient, a * (whole table sum) + c
 FEW_FEATURES = ("op_sum_s", "const")
+COEFS = ("op_sum_s",) + FEATURES
 
 
 # ---- what is measured ---------------------------------------------------------------------------
@@ -470,7 +473,7 @@ def _materialize(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 def _time_call(run: Callable[[], Any], spec: LatencySpec, clock: Callable[[], float] = time.perf_counter,
                min_s: float = 2e-3, max_inner: int = 50) -> float:
-    """Seconds of one call of `run`: one warm-up call, then `min(repeats, 3)` timings of enough
+    """Seconds of one call of `run`: one warm-up call, then `min(repeats, 3)` (over 20 ms: 1) timings of enough
     back-to-back calls to last about `min_s` (short operations are below timer noise); the fastest
     timing counts (other processes only ever add time; the fit's `a` calibrates the table to the
     whole networks' medians)."""
@@ -481,7 +484,8 @@ def _time_call(run: Callable[[], Any], spec: LatencySpec, clock: Callable[[], fl
     _sync(device)
     first = clock() - t0
     inner = max(1, min(max_inner, int(min_s / max(first, 1e-7))))
-    times = time_runs(lambda: [run() for _ in range(inner)], max(1, min(spec.repeats, 3)), 0, device, clock=clock)
+    repeats = max(1, min(spec.repeats, 3 if first < 10 * min_s else 1))  # a long operation: one timing is enough
+    times = time_runs(lambda: [run() for _ in range(inner)], repeats, 0, device, clock=clock)
     return min(times) / inner
 
 
@@ -524,7 +528,9 @@ def op_features(ops: Sequence[Op], seconds: Sequence[float] | None = None) -> di
              "dense_gflop": sum(op.flops for op in ops if not op.depthwise) / 1e9,
              "depthwise_gflop": sum(op.flops for op in ops if op.depthwise) / 1e9}
     if seconds is not None:
-        feats["op_sum_s"] = float(sum(seconds))
+        feats["conv_s"] = float(sum(s for op, s in zip(ops, seconds) if op.timed))
+        feats["other_s"] = float(sum(s for op, s in zip(ops, seconds) if not op.timed))
+        feats["op_sum_s"] = feats["conv_s"] + feats["other_s"]
     return feats
 
 
@@ -538,10 +544,10 @@ def candidate_features(candidate: Any, spec: LatencySpec, cache: LatencyCache | 
 
 @dataclass
 class LatencyPredictor:
-    """seconds = a * op_sum_s + b * ops + c: the per-operation table's sum, a cost per operation
-    (dispatch, Python, memory traffic between them) and a constant, coefficients >= 0, fitted to
-    minimise relative error (on `FEW_FEATURES` only while there are fewer than two measurements per
-    coefficient)."""
+    """seconds = a1 * conv_s + a2 * other_s + b * ops + c: the per-operation table's sums (timed
+    convolutions; operations modelled by bytes, whose rate is the cruder), a cost per operation
+    (dispatch, Python, caches between them) and a constant, coefficients >= 0, fitted to minimise
+    relative error; while there are fewer than two measurements per coefficient, a * op_sum_s + c."""
 
     coef: dict[str, float]
 
@@ -552,16 +558,16 @@ class LatencyPredictor:
         if len(features) < 2:
             raise ValueError(f"fitting the latency predictor needs at least 2 measurements, got {len(features)}")
         used = FEATURES if len(features) >= 2 * len(FEATURES) else FEW_FEATURES
-        a = np.array([[f[k] if k in used else 0.0 for k in FEATURES] for f in features], dtype=np.float64)
+        a = np.array([[f[k] if k in used else 0.0 for k in COEFS] for f in features], dtype=np.float64)
         y = np.asarray(seconds, dtype=np.float64)
         scale = a.max(axis=0)
         scale[scale == 0] = 1.0
         w = 1.0 / y[:, None]  # relative error: every row divided by its measured time
         sol, _ = nnls((a / scale) * w, np.ones_like(y), maxiter=2000)
-        return cls({k: float(v / s) for k, v, s in zip(FEATURES, sol, scale)})
+        return cls({k: float(v / s) for k, v, s in zip(COEFS, sol, scale)})
 
     def predict(self, features: dict[str, float]) -> float:
-        return float(sum(self.coef[k] * features[k] for k in FEATURES))
+        return float(sum(c * features[k] for k, c in self.coef.items() if c))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -575,8 +581,6 @@ def held_out_errors(features: Sequence[dict[str, float]], seconds: Sequence[floa
     measured_s, predicted_s, error = |predicted - measured| / measured."""
     n = len(features)
     order = list(range(n))
-    import random
-
     random.Random(seed).shuffle(order)
     k = n if folds <= 0 or folds >= n else folds
     rows = []
