@@ -22,7 +22,8 @@ threads, channels-last layout and inference mode, and kept in the per-device cac
 elementwise, concatenation, pooling and resampling operations are their bytes moved times a
 measured seconds-per-byte of their class. A network's latency is predicted as
 a * (sum of its operations' table latencies) + b * (number of operations) + c, with a split into
-one factor for the timed convolutions and one for the bytes-modelled rest, all >= 0, fitted to the measured whole networks by relative error. int8 (ONNX Runtime) has no per-operation
+one factor for the timed convolutions and one for the bytes-modelled rest, all >= 0, fitted to
+the measured whole networks by relative error. int8 (ONNX Runtime) has no per-operation
 table: the same model is fitted on the fp32 table's sums, a linear correction. `held_out_errors`
 reports the error on candidates held out of the fit; `predictor_report` measures and reports it.
 """
@@ -473,9 +474,9 @@ def _materialize(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 def _time_call(run: Callable[[], Any], spec: LatencySpec, clock: Callable[[], float] = time.perf_counter,
                min_s: float = 2e-3, max_inner: int = 50) -> float:
-    """Seconds of one call of `run`: one warm-up call, then `min(repeats, 3)` (over 20 ms: 1) timings of enough
-    back-to-back calls to last about `min_s` (short operations are below timer noise); the fastest
-    timing counts (other processes only ever add time; the fit's `a` calibrates the table to the
+    """Seconds of one call of `run`: one warm-up call, then `min(repeats, 3)` (a call over 20 ms: 1)
+    timings of enough back-to-back calls to last about `min_s` (short operations are below timer
+    noise); the fastest timing counts (other processes only ever add time; the fit's `a` calibrates the table to the
     whole networks' medians)."""
     device = spec.device
     _sync(device)
@@ -508,7 +509,8 @@ def time_rate(cls: str, spec: LatencySpec, channels: int = 16) -> float:
     device, dtype = _op_device_dtype(spec)
     h, w = max(1, spec.size[0] // 2), max(1, spec.size[1] // 2)
     torch.manual_seed(0)
-    x = torch.randn(spec.batch, channels, h, w, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(spec.batch, channels, h, w, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randn_like(x)
     runs = {"eltwise": (lambda: torch.add(x, y), 3), "cat": (lambda: torch.cat([x, y], 1), 4),
             "pool": (lambda: F.max_pool2d(x, 2), 1.25),
