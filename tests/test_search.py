@@ -158,10 +158,15 @@ def test_an_operation_that_cannot_be_timed_alone_falls_back_to_bytes(tmp_path):
             raise RuntimeError("no kernel")
         return _fake_op_seconds(op.sig)
 
-    got = LatencyCache.for_device(spec, tmp_path).op_seconds(ops, spec, timer, _fake_rate)
+    cache = LatencyCache.for_device(spec, tmp_path)
+    got = cache.op_seconds(ops, spec, timer, _fake_rate)
     want = [op.mbytes * _fake_rate("eltwise", spec) if op.sig == bad else
             _fake_op_seconds(op.sig) if op.timed else op.mbytes * _fake_rate(op.cls, spec) for op in ops]
     assert got == pytest.approx(want, rel=1e-12)
+    assert cache.ops[f"fp32|{bad}"]["how"].startswith("bytes (RuntimeError")
+    # int8 (ONNX Runtime) networks are predicted from the fp32 table: same keys, same values
+    int8 = LatencySpec(size=(32, 32), precision="int8")
+    assert cache.op_seconds(ops, int8, timer, _fake_rate) == got
 
 
 def test_predictor_recovers_latencies_made_from_the_op_table(tmp_path, monkeypatch):
