@@ -14,8 +14,17 @@ on the nuclei image, under a CPU latency budget of a quarter of the demo U-Net's
    same way for the same time (the planner's recipe for `--train-minutes` on the left part).
 5. Held-out Dice on the right 30% (the whole image predicted, as `unetkit demo` scores it).
 
-Printed: a markdown table (model, latency, within budget, held-out Dice, parameters, GFLOPs).
+Printed: a markdown table (model, latency, within budget, held-out Dice, parameters, GFLOPs), and
+the latency predictor's error on held-out measured candidates (leave-one-out, from the search).
 Timings from a shared machine are not comparable; take the final table on a quiet one.
+
+The latency predictor alone (no search, no training), on random candidates of the space:
+
+    python benchmarks/bench_search.py --latency-only --input 512x512 --candidates 24 [--precision int8]
+
+measures `--candidates` random candidates (seeded) at the input, builds the per-operation table,
+and prints each candidate's measured and held-out predicted latency (`--folds` groups, seeded:
+each group predicted by a predictor fitted on the others only), with the median and max error.
 """
 from __future__ import annotations
 
@@ -28,7 +37,8 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="Working folder (must not hold a previous run).")
+    ap.add_argument("--out", type=Path, help="Working folder (must not hold a previous run); with --latency-only, "
+                    "where latency_report.json is written (optional).")
     ap.add_argument("--fraction", type=float, default=0.25, help="Budget as a fraction of the demo U-Net.")
     ap.add_argument("--search-budget", default="15m", help="Wall time of the search.")
     ap.add_argument("--train-minutes", type=float, default=3.0, help="Training time of every compared model.")
@@ -37,7 +47,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10, help="Timed runs of the separate timing run.")
     ap.add_argument("--proxy-steps", type=int, default=120)
     ap.add_argument("--resume", action="store_true", help="Continue the search in OUT/search.")
+    ap.add_argument("--latency-only", action="store_true", help="Only the latency predictor's held-out error.")
+    ap.add_argument("--candidates", type=int, default=24, help="--latency-only: random candidates measured.")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="--latency-only: CPU precision.")
+    ap.add_argument("--folds", type=int, default=4, help="--latency-only: held-out groups (0: leave-one-out).")
+    ap.add_argument("--seed", type=int, default=0, help="--latency-only: candidates and folds.")
+    ap.add_argument("--fresh", action="store_true", help="--latency-only: time whole networks again (not cached).")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="Latency cache folder (default ~/.cache/unetkit).")
     args = ap.parse_args()
+    if args.latency_only:
+        latency_only(args)
+        return
+    if args.out is None:
+        ap.error("--out is required (except with --latency-only)")
 
     import unetkit
     from unetkit.data.io import write_image, write_mask
@@ -58,14 +80,14 @@ def main() -> None:
 
     size = parse_size(args.input)
     spec = LatencySpec("cpu", "fp32", 1, size, repeats=args.repeats, threads=args.threads)
-    cache = LatencyCache.for_device(spec)
+    cache = LatencyCache.for_device(spec, args.cache_dir)
     demo_s = cache.measure(to_candidate(DEMO_GENES), spec)["seconds"]
     budget_s = args.fraction * demo_s
     print(f"demo U-Net: {demo_s * 1000:.1f} ms at {size[0]}x{size[1]}; budget {budget_s * 1000:.1f} ms", flush=True)
 
     result = unetkit.search(data, latency=f"{budget_s * 1000:.3f}ms", input_size=size, budget=args.search_budget,
                             out_dir=args.out / "search", resume=args.resume, proxy_steps=args.proxy_steps,
-                            threads=args.threads, repeats=5)
+                            threads=args.threads, repeats=5, cache_dir=args.cache_dir)
     models = {"demo U-Net": DEMO_GENES, **REFERENCES}
     if result.chosen_record is not None:
         models = {f"searched: {result.chosen_record['label']}": result.chosen_record["genes"], **models}
@@ -94,8 +116,54 @@ def main() -> None:
     for r in rows:
         print(f"| {r['model']} | {r['latency_ms']:.1f} | {'yes' if r['within_budget'] else 'no'} | "
               f"{r['heldout_dice']:.4f} | {r['params']:,} | {r['gflop']:.2f} |")
-    (args.out / "bench_search.json").write_text(json.dumps({"budget_s": budget_s, "demo_s": demo_s, "rows": rows},
-                                                           indent=1))
+    err = result.predictor_error["held_out"]
+    if err["median"] is not None:
+        print(f"\nlatency predictor, {err['n']} measured candidates of the search each held out of the fit "
+              f"(leave-one-out): median error {100 * err['median']:.1f}%, max {100 * err['max']:.1f}%")
+    (args.out / "bench_search.json").write_text(json.dumps({"budget_s": budget_s, "demo_s": demo_s, "rows": rows,
+                                                            "predictor_error": result.predictor_error}, indent=1))
+
+
+def latency_only(args: argparse.Namespace) -> None:
+    """Measure random candidates, fit the per-operation predictor, print its held-out error."""
+    import random
+
+    from unetkit.search.api import parse_size
+    from unetkit.search.latency import LatencyCache, LatencySpec, predictor_report
+    from unetkit.search.space import SearchSpace, to_candidate
+
+    size = parse_size(args.input)
+    spec = LatencySpec("cpu", args.precision, 1, size, repeats=args.repeats, threads=args.threads)
+    cache = LatencyCache.for_device(spec, args.cache_dir)
+    space, rng = SearchSpace(), random.Random(args.seed)
+    cands, keys = [], set()
+    for _ in range(100 * args.candidates):
+        c = to_candidate(space.sample(rng))
+        if c.key not in keys:
+            keys.add(c.key)
+            cands.append(c)
+        if len(cands) == args.candidates:
+            break
+    print(f"{len(cands)} random candidates at {size[0]}x{size[1]}, batch 1, cpu {args.precision}, "
+          f"{cache.info['threads']} threads ({cache.info['cpu']}); cache {cache.path}", flush=True)
+    report = predictor_report(cands, spec, cache, folds=args.folds, seed=args.seed, fresh=args.fresh,
+                              log=lambda s: print(s, flush=True))
+    print(f"\nheld out: {report['folds']} {'folds' if isinstance(report['folds'], int) else ''} (seed {args.seed}); "
+          f"each row predicted by a predictor fitted without it; op table in {report['op_precision']}\n")
+    print("| candidate | measured ms | table sum ms | predicted ms | error % |")
+    print("|---|---:|---:|---:|---:|")
+    for r in report["rows"]:
+        print(f"| {r['label']} | {r['measured_s'] * 1000:.2f} | {r['op_sum_s'] * 1000:.2f} | "
+              f"{r['predicted_s'] * 1000:.2f} | {100 * r['error']:.1f} |")
+    st = report["stats"]
+    print(f"\nheld-out relative error over {st['n']} candidates: median {100 * st['median']:.1f}%, "
+          f"p90 {100 * st['p90']:.1f}%, max {100 * st['max']:.1f}%")
+    coef = report["predictor"]["coef"]
+    print("predictor (all candidates): " + " + ".join(f"{v:.4g} x {k}" for k, v in coef.items() if v))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "latency_report.json").write_text(json.dumps(
+            {"input": list(size), "precision": args.precision, "device": cache.info, **report}, indent=1))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from unetkit.models import create_model
 from unetkit.models.summary import count_flops
 from unetkit.search import parse_duration, parse_latency, parse_size, search
 from unetkit.search.engine import STATE_FILE, Evaluators
-from unetkit.search.latency import (FEATURES, LatencyCache, LatencyPredictor, LatencySpec, candidate_features,
-                                    leave_one_out_errors, time_runs)
+from unetkit.errors import DataError
+from unetkit.search import latency as latency_mod
+from unetkit.search.latency import (LatencyCache, LatencyPredictor, LatencySpec, candidate_features,
+                                    candidate_ops, held_out_errors, time_runs)
 from unetkit.search.pareto import pareto_front
 from unetkit.search.space import FAMILIES, REFERENCES, SearchSpace, check_genes, to_candidate
 
@@ -84,18 +86,143 @@ def test_feature_flops_match_torch_flop_counter(genes):
     assert (feats["depthwise_gflop"] > 0) == (genes["family"] == "mobile-unet")
 
 
-def test_predictor_recovers_a_linear_cost_model():
+def _fake_op_seconds(sig: str) -> float:
+    """A made-up, deterministic table entry per operation signature."""
+    return 1e-4 * (1 + _h(sig, 0, 6))
+
+
+def _fake_rate(cls: str, spec) -> float:
+    return {"eltwise": 2e-4, "cat": 3e-4, "pool": 4e-4, "nearest": 5e-4, "linear": 6e-4}[cls]
+
+
+# two candidates that share their encoder and differ in up-sampling
+_SHARED = [{"family": "unet", "depth": 3, "base": 8, "mult": 2.0, "down": "maxpool", "up": up}
+           for up in ("transpose", "nearest")]
+
+
+def test_op_table_times_each_distinct_signature_once_and_is_cached_per_device(tmp_path):
+    spec = LatencySpec(size=(32, 32))
+    ops_a, ops_b = (candidate_ops(to_candidate(g), spec) for g in _SHARED)
+    timed, rates = [], []
+
+    def timer(op, spec):
+        timed.append(op.sig)
+        return _fake_op_seconds(op.sig)
+
+    def rate_timer(cls, spec):
+        rates.append(cls)
+        return _fake_rate(cls, spec)
+
+    cache = LatencyCache.for_device(spec, tmp_path)
+    got_a = cache.op_seconds(ops_a, spec, timer, rate_timer)
+    got_b = cache.op_seconds(ops_b, spec, timer, rate_timer)
+    union = {op.sig for op in ops_a + ops_b if op.timed}
+    assert len(timed) == len(set(timed)) and set(timed) == union  # every distinct convolution once
+    assert len(timed) < sum(op.timed for op in ops_a) + sum(op.timed for op in ops_b)  # shared ones not twice
+    assert sorted(rates) == sorted({op.cls for op in ops_a + ops_b if not op.timed})
+    for ops, got in ((ops_a, got_a), (ops_b, got_b)):  # table latency = timed value, or bytes x class rate
+        want = [_fake_op_seconds(op.sig) if op.timed else op.mbytes * _fake_rate(op.cls, spec) for op in ops]
+        assert got == pytest.approx(want, rel=1e-12)
+
+    def never(*args):
+        raise AssertionError("measured again")
+
+    assert cache.op_seconds(ops_a, spec, never, never) == got_a
+    again = LatencyCache.for_device(spec, tmp_path)  # read back from the file
+    assert again.path == cache.path and again.op_seconds(ops_b, spec, never, never) == got_b
+    # another device fingerprint (thread count): another table, measured again
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        other = LatencyCache.for_device(spec, tmp_path)
+        n = len(timed)
+        other.op_seconds(ops_a, spec, timer, rate_timer)
+    finally:
+        torch.set_num_threads(threads)
+    assert other.path != cache.path and set(timed[n:]) == {op.sig for op in ops_a if op.timed}
+    # a table of a newer format is refused, not misread
+    data = json.loads(cache.path.read_text())
+    assert data["version"] == latency_mod.CACHE_VERSION
+    cache.path.write_text(json.dumps({**data, "version": latency_mod.CACHE_VERSION + 1}))
+    with pytest.raises(DataError, match="newer"):
+        LatencyCache.for_device(spec, tmp_path)
+
+
+def test_an_operation_that_cannot_be_timed_alone_falls_back_to_bytes(tmp_path):
+    spec = LatencySpec(size=(32, 32))
+    ops = candidate_ops(to_candidate(_SHARED[0]), spec)
+    bad = next(op.sig for op in ops if op.timed)
+
+    def timer(op, spec):
+        if op.sig == bad:
+            raise RuntimeError("no kernel")
+        return _fake_op_seconds(op.sig)
+
+    cache = LatencyCache.for_device(spec, tmp_path)
+    got = cache.op_seconds(ops, spec, timer, _fake_rate)
+    want = [op.mbytes * _fake_rate("eltwise", spec) if op.sig == bad else
+            _fake_op_seconds(op.sig) if op.timed else op.mbytes * _fake_rate(op.cls, spec) for op in ops]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert cache.ops[f"fp32|{bad}"]["how"].startswith("bytes (RuntimeError")
+    # int8 (ONNX Runtime) networks are predicted from the fp32 table: same keys, same values
+    int8 = LatencySpec(size=(32, 32), precision="int8")
+    assert cache.op_seconds(ops, int8, timer, _fake_rate) == got
+
+
+def test_predictor_recovers_latencies_made_from_the_op_table(tmp_path, monkeypatch):
+    """Whole-network latencies generated as a * (table sum) + b * ops + c from real traces: the
+    predictor fitted without a candidate predicts it (an independent sum over its trace)."""
+    monkeypatch.setattr(latency_mod, "time_op", lambda op, spec: _fake_op_seconds(op.sig))
+    monkeypatch.setattr(latency_mod, "time_rate", _fake_rate)
+    spec = LatencySpec(size=(32, 32))
+    cache = LatencyCache.for_device(spec, tmp_path)
+    space, rng = SearchSpace(), random.Random(7)
+    cands = list({c.key: c for c in (to_candidate(space.sample(rng)) for _ in range(14))}.values())[:12]
+    a, b, c = 1.3, 2e-5, 4e-4
+    feats, secs = [], []
+    for cand in cands:
+        ops = candidate_ops(cand, spec)
+        table = sum(_fake_op_seconds(op.sig) if op.timed else op.mbytes * _fake_rate(op.cls, spec) for op in ops)
+        secs.append(a * table + b * len(ops) + c)
+        feats.append(candidate_features(cand, spec, cache))
+        assert feats[-1]["op_sum_s"] == pytest.approx(table, rel=1e-9) and feats[-1]["ops"] == len(ops)
+    rows = held_out_errors(feats, secs, folds=4, seed=0)
+    assert sorted(r["index"] for r in rows) == list(range(len(cands)))
+    assert max(r["error"] for r in rows) < 1e-6
+    coef = LatencyPredictor.fit(feats, secs).coef  # one factor per part of the table, both a here
+    assert coef["conv_s"] == pytest.approx(a, rel=1e-5) and coef["other_s"] == pytest.approx(a, rel=1e-4)
+    assert coef["ops"] == pytest.approx(b, rel=1e-3)
+    noisy = [s * (1.5 if i == 3 else 1.0) for i, s in enumerate(secs)]  # an outlier shows when held out
+    assert next(r for r in held_out_errors(feats, noisy, folds=4) if r["index"] == 3)["error"] > 0.2
+
+
+def test_held_out_candidates_are_not_in_the_fit_that_predicts_them(monkeypatch):
     rng = np.random.default_rng(0)
-    coef = {"const": 0.002, "dense_gflop": 0.01, "depthwise_gflop": 0.05, "conv_mb": 0.0001, "other_mb": 0.0,
-            "ops_100": 0.001}
-    # 13 candidates: every leave-one-out fit has 12, two per feature
-    feats = [{k: (1.0 if k == "const" else float(rng.uniform(0.1, 10))) for k in FEATURES} for _ in range(13)]
-    secs = [sum(coef[k] * f[k] for k in FEATURES) for f in feats]
-    pred = LatencyPredictor.fit(feats, secs)
-    assert all(abs(pred.predict(f) - s) / s < 1e-6 for f, s in zip(feats, secs))
-    assert max(leave_one_out_errors(feats, secs)) < 1e-4
-    noisy = [s * (1.3 if i == 0 else 1.0) for i, s in enumerate(secs)]  # one outlier shows up held out
-    assert max(leave_one_out_errors(feats, noisy)) > 0.05
+    feats = [{"id": i, "const": 1.0, "conv_s": float(rng.uniform(1e-3, 1e-2)), "other_s": float(rng.uniform(0, 1e-3)),
+              "ops": float(rng.integers(20, 90))} for i in range(11)]
+    for f in feats:
+        f["op_sum_s"] = f["conv_s"] + f["other_s"]
+    secs = [1.1 * f["op_sum_s"] + 1e-5 * f["ops"] for f in feats]
+    seen = []
+    real_fit = LatencyPredictor.fit.__func__
+
+    class Spy:
+        def __init__(self, fitted, ids):
+            self.fitted, self.ids = fitted, ids
+
+        def predict(self, f):
+            seen.append((self.ids, f["id"]))
+            return self.fitted.predict(f)
+
+    monkeypatch.setattr(LatencyPredictor, "fit", classmethod(
+        lambda cls, fs, ss: Spy(real_fit(cls, fs, ss), frozenset(f["id"] for f in fs))))
+    for folds in (0, 3):
+        seen.clear()
+        rows = held_out_errors(feats, secs, folds=folds, seed=5)
+        assert sorted(i for _, i in seen) == list(range(11)) == [r["index"] for r in rows]
+        assert all(i not in ids for ids, i in seen)  # never fitted on the candidate it predicts
+        assert len({ids for ids, _ in seen}) == (11 if folds == 0 else 3)
+        assert all(len(ids) >= 11 - 4 for ids, _ in seen)  # the others are all in the fit
 
 
 class FakeClock:
@@ -179,8 +306,8 @@ class Fakes:
 
     def features(self, c):
         g = 0.2 + 10 * _h(c.key, 0, 6)
-        return {"const": 1.0, "dense_gflop": g, "depthwise_gflop": 0.0, "conv_mb": 0.0, "other_mb": 0.0,
-                "ops_100": 0.0, "gflop": g, "params": 1000.0}
+        return {"const": 1.0, "op_sum_s": 0.01 * g, "conv_s": 0.01 * g, "other_s": 0.0, "ops": 0.0, "gflop": g,
+                "params": 1000.0}
 
     def measure(self, c, cap):
         self.measured.append(c.key)
@@ -255,7 +382,8 @@ def test_search_keeps_to_the_latency_budget(tmp_path, fake_plan):
     chosen = json.loads((out / "chosen_model.json").read_text())
     create_model(chosen["name"], spatial_dims=2, in_channels=1, num_classes=1, **chosen["kwargs"])
     summary = json.loads((out / "search.json").read_text())
-    assert summary["predictor_error"]["leave_one_out"]["n"] >= 2
+    held = summary["predictor_error"]["held_out"]
+    assert held["n"] >= 2 and held["method"] == "leave-one-out" and held["max"] >= held["median"] >= 0
 
 
 def test_resume_skips_finished_candidates_and_matches_an_uninterrupted_search(tmp_path, fake_plan):

@@ -193,7 +193,7 @@ def search(
 
     # ---- the evaluators -----------------------------------------------------------------------
     if evaluators is None:
-        evaluators = Evaluators(features=lambda c: _features(c, spec),
+        evaluators = Evaluators(features=lambda c: _features(c, spec, cache, log),
                                 measure=lambda c, cap: cache.measure(c, spec, cap),
                                 train=lambda c: proxy_train(c, base, proxy, out / "runs"), log=log,
                                 confirm=lambda c: cache.measure(c, spec, fresh=True))
@@ -237,11 +237,11 @@ def search(
     _write_outputs(result, source, spec, cache, settings, proxy, outcome, base)
     log(result.summary())
     err = outcome["predictor_error"]
-    for kind, label in (("leave_one_out", "held-out (leave-one-out) measured candidates"),
+    for kind, label in (("held_out", "held-out (leave-one-out) measured candidates"),
                         ("before_measuring", "candidates predicted before they were measured")):
         if err[kind]["median"] is not None:
             log(f"latency predictor error on {err[kind]['n']} {label}: median {100 * err[kind]['median']:.1f}%, "
-                f"p90 {100 * err[kind]['p90']:.1f}%")
+                f"p90 {100 * err[kind]['p90']:.1f}%, max {100 * err[kind]['max']:.1f}%")
     if chosen_record is None:
         log("no candidate met the latency budget; raise --latency or the --budget")
     else:
@@ -261,11 +261,14 @@ def search(
     return result
 
 
-def _features(candidate: Candidate, spec: LatencySpec) -> dict[str, float]:
+def _features(candidate: Candidate, spec: LatencySpec, cache: LatencyCache,
+              log: Callable[[str], None] = lambda s: None) -> dict[str, float]:
+    """The predictor's features (per-operation table sum, timing operations new to the table),
+    with GFLOPs and parameters for the tables."""
     from unetkit.models.summary import count_parameters
     import torch
 
-    feats = candidate_features(candidate, spec)
+    feats = candidate_features(candidate, spec, cache, log=log)
     with torch.device("meta"):
         params = count_parameters(candidate.build(spec.in_channels, spec.num_classes))
     feats["gflop"] = (feats["dense_gflop"] + feats["depthwise_gflop"]) / spec.batch

@@ -2,7 +2,8 @@
 
 1. Grid: the registry's hand-picked small models, the smallest point of each family, and candidates
    spread over the space's range of FLOPs are measured on the target (through the per-device
-   cache) and the latency predictor is fitted; its leave-one-out error on them is reported.
+   cache) and the latency predictor (per-operation table sum, `latency.LatencyPredictor`) is
+   fitted; its error on them, each held out of the fit (leave-one-out), is reported.
 2. Evolution (Real et al., AAAI 2019, "regularised evolution"): a population of the last
    `population` trained candidates; each step takes the best of `tournament` random members,
    mutates one gene (or the family), and evaluates the child. Evaluation: predicted latency over
@@ -27,11 +28,11 @@ from typing import Any, Callable
 
 from unetkit.errors import ConfigError
 from unetkit.io.atomic import atomic_path
-from unetkit.search.latency import LatencyPredictor, leave_one_out_errors
+from unetkit.search.latency import LatencyPredictor, error_stats, held_out_errors
 from unetkit.search.space import Candidate, SearchSpace, reference_name, to_candidate
 
 STATE_FILE = "search_state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: features are per-operation table sums (the predictor of version 1 differed)
 
 
 @dataclass
@@ -255,22 +256,15 @@ class Search:
         return self.features(candidate).get("gflop", 0.0)
 
     def predictor_error(self) -> dict[str, Any]:
-        """Leave-one-out error on the measured candidates and the error of predictions made before
-        their measurement (relative, median and 90th percentile)."""
-        fit = [r for r in self.measured]
-        loo = leave_one_out_errors([r["features"] for r in fit], [r["measured_s"] for r in fit])
+        """The predictor's relative error on measured candidates held out of its fit
+        (leave-one-out), and the error of the predictions made before their measurement
+        (n, median, 90th percentile, max)."""
+        held = held_out_errors([r["features"] for r in self.measured], [r["measured_s"] for r in self.measured])
         prospective = [abs(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in self.state.records.values()
                        if r.get("predicted_s") is not None and r.get("measured_s") is not None
                        and not r.get("capped")]
-
-        def stats(values: list[float]) -> dict[str, Any]:
-            if not values:
-                return {"n": 0, "median": None, "p90": None}
-            ordered = sorted(values)
-            return {"n": len(values), "median": statistics.median(values),
-                    "p90": ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]}
-
-        return {"leave_one_out": stats(loo), "before_measuring": stats(prospective)}
+        return {"held_out": {**error_stats([r["error"] for r in held]), "method": "leave-one-out"},
+                "before_measuring": error_stats(prospective)}
 
     def run(self) -> dict[str, Any]:
         ev = self.ev
@@ -278,9 +272,10 @@ class Search:
         grid = self.grid()
         if self.predictor is None:
             raise ConfigError("the latency grid gave fewer than 2 usable measurements; raise the latency budget")
-        err = self.predictor_error()["leave_one_out"]
+        err = self.predictor_error()["held_out"]
         if err["median"] is not None:
-            ev.log(f"latency predictor: median error {100 * err['median']:.1f}% on {err['n']} held-out grid candidates")
+            ev.log(f"latency predictor: error on {err['n']} held-out grid candidates (leave-one-out): median "
+                   f"{100 * err['median']:.1f}%, max {100 * err['max']:.1f}%")
         # initial population: grid members within the budget, then random feasible samples
         ev.log("search: proxy-training candidates within the budget ...")
         first = [r for r in grid if r["measured_s"] <= self.s.budget_s]
