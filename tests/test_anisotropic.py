@@ -130,6 +130,27 @@ def test_planner_candidates_pool_thick_axis_later() -> None:
         assert c["strides"] is None and c["kernel_sizes"] is None  # pooled together, as before
 
 
+def test_3d_patches_span_the_typical_object_in_physical_space() -> None:
+    """A lung tumour of ~24,600 voxels at 5 x 0.63 x 0.63 mm (a 45 mm sphere): every candidate patch
+    spans 1.5 of its diameters per axis (up to 128 voxels), so no candidate sees only the tumour's
+    inside. Before, the smallest candidates were 8x56x40 on this volume."""
+    import dataclasses
+    import math
+
+    spacing = (5.0, 0.627, 0.627)
+    fp = dataclasses.replace(_fingerprint(spacing, (61, 512, 512)), objects={"size_median": 24644.0})
+    diameter = (6 * 24644.0 * np.prod(spacing) / math.pi) ** (1 / 3)
+    need = [min(128, math.ceil(1.5 * diameter / sp)) for sp in spacing]  # 14, 108, 108
+    cands = make_candidates([56, 504, 408], 3, 1, 1, fp, 64 * 2**30, list(spacing))
+    assert cands
+    for c in cands:
+        total = np.prod(c["strides"], axis=0)
+        # per axis: at least the object floor, less only by the rounding to the network's total stride
+        assert all(p + t > n for p, t, n in zip(c["patch"], total, need)), (c["patch"], need)
+    small = make_candidates([56, 504, 408], 3, 1, 1, _fingerprint(spacing, (61, 512, 512)), 64 * 2**30, list(spacing))
+    assert min(c["patch"][1] for c in small) < need[1]  # without object sizes the patch may shrink below
+
+
 def test_flops_and_params_count_per_axis_kernels() -> None:
     """The planner's FLOPs and parameter counts of an anisotropic candidate equal PyTorch's."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -439,6 +439,10 @@ def make_candidates(base: Sequence[int], dims: int, channels: int, num_classes: 
     if dims == 2 and size:  # a 2D patch spans 1.5 typical objects (their equivalent diameter), up to 256 px
         side = int(min(256, math.ceil(1.5 * 2 * math.sqrt(size / math.pi))))
         floor = [min(b, max(f, side)) for b, f in zip(base, floor)]
+    elif dims == 3 and size:  # in 3D too, in physical space: the equivalent sphere's diameter per axis,
+        # up to 128 voxels on an axis (a patch smaller than the object sees only its inside)
+        diameter = (6.0 * size * float(np.prod(spacing)) / math.pi) ** (1.0 / 3.0)
+        floor = [min(b, max(f, min(128, math.ceil(1.5 * diameter / sp)))) for b, f, sp in zip(base, floor, spacing)]
     for scale in SCALES:
         patch = _shrink(base, scale, spacing if dims == 3 else [1.0] * dims, floor, by_ratio=anisotropic)
         patch, (pools,), strides, kernels = patch_geometry(patch, spacing if dims == 3 else [1.0] * dims, dims)
