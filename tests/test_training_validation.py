@@ -68,6 +68,31 @@ def test_region_split_with_a_mask_holds_out_foreground_on_both_sides() -> None:
     assert region_split(mask.shape, 0.2, np.zeros_like(mask))["val"] == [[0, 40], [80, 100]]  # no fg: default
 
 
+def test_region_split_of_one_compact_object_cuts_through_it() -> None:
+    """One tumour in the middle of a volume (lung2 of pyradiomics-lesions: no 20% end slab of any
+    axis touches it). The old split fell back to an empty slab, so validation Dice was 0 at every
+    epoch and `best` was epoch 1. Now the slab grows (up to half an axis) until it holds 20% of the
+    object, the thinnest such slab winning; training keeps the rest."""
+    mask = np.zeros((30, 100, 80), bool)
+    mask[12:20, 45:65, 30:50] = True  # z 12..20 of 30, y 45..65 of 100, x 30..50 of 80
+    split = region_split(mask.shape, 0.2, mask)
+    val = tuple(slice(a, b) for a, b in split["val"])
+    train = tuple(slice(a, b) for a, b in split["train"])
+    share = mask[val].sum() / mask.sum()
+    assert 0.2 <= share < 1 and mask[train].any()
+    # independently: the thinnest end slab (as a fraction of its axis) holding >= 20% of the object
+    best = None
+    for axis, size in enumerate(mask.shape):
+        profile = mask.sum(axis=tuple(i for i in range(3) if i != axis))
+        for side, prof in (("far", profile[::-1]), ("near", profile)):
+            n = next(k + 1 for k in range(size) if prof[:k + 1].sum() >= 0.2 * mask.sum())
+            if best is None or n / size < best[0]:
+                best = (n / size, axis, side, n)
+    assert (split["axis"], split["side"]) == best[1:3]
+    lo, hi = split["val"][best[1]]
+    assert hi - lo == best[3] <= mask.shape[best[1]] // 2
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_single_image_or_volume_folder_validates_on_a_held_out_region(tmp_path, dims: int) -> None:
     shape = _single_case_folder(tmp_path / "data", dims)

@@ -88,40 +88,59 @@ def _unique(names: Sequence[str]) -> list[str]:
     return out
 
 
-def region_split(shape: Sequence[int], val_fraction: float = 0.2, mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Split ONE image or volume by region: a slab of `val_fraction` of one axis, at one end, is held
-    out for validation, the rest is for training.
+MAX_REGION_FRACTION = 0.5  # a held-out slab may grow to half an axis to reach the foreground
 
-    Without `mask`: the far end of the longest axis (the last axis on ties); a 2D image of width W
-    is split at x = round(W * (1 - val_fraction)), as the demo does. With `mask` (the labels, `*S`):
-    among both ends of every axis, the slab whose share of the foreground is closest to
-    `val_fraction` while leaving foreground on both sides (so validation measures something and
-    training sees objects); the default slab when no slab does. Returns `{"axis", "side": "far" |
-    "near", "train": box, "val": box}`, boxes `[[start, stop], ...]` per spatial axis (half-open).
+
+def region_split(shape: Sequence[int], val_fraction: float = 0.2, mask: np.ndarray | None = None) -> dict[str, Any]:
+    """Split ONE image or volume by region: a slab at one end of one axis is held out for
+    validation, the rest is for training.
+
+    Without `mask`: `val_fraction` of the far end of the longest axis (the last axis on ties); a 2D
+    image of width W is split at x = round(W * (1 - val_fraction)), as the demo does. With `mask`
+    (the labels, `*S`), validation must measure something and training must see objects: among
+    both ends of every axis, the slab of `val_fraction` whose share of the foreground is closest to
+    `val_fraction` while leaving foreground on both sides. When no slab of that size holds any
+    foreground (one compact object in the middle: a tumour in a CT volume), the slab grows, up to
+    half the axis, until it holds `val_fraction` of the foreground (or as much as it can while
+    training keeps some); the smallest such slab wins. The default slab only when even that fails.
+    Returns `{"axis", "side": "far" | "near", "train": box, "val": box}`, boxes `[[start, stop], ...]`
+    per spatial axis (half-open).
     """
     if not 0 < val_fraction < 1:
         raise ConfigError(f"a single image or volume is split by region: val_fraction must be in (0, 1), "
                           f"got {val_fraction}")
     shape = [int(s) for s in shape]
     longest = max(range(len(shape)), key=lambda a: (shape[a], a))
-    choice = (longest, "far")
+    choice = (longest, "far", shape[longest] - int(round(shape[longest] * (1 - val_fraction))))
     if mask is not None and np.any(mask):
         fg = np.asarray(mask) > 0
         total = float(fg.sum())
-        best = None
+        best = grown = None
         for axis in sorted(range(len(shape)), key=lambda a: (-shape[a], -a)):
             profile = fg.sum(axis=tuple(i for i in range(fg.ndim) if i != axis)).astype(np.float64)
-            n = int(round(shape[axis] * val_fraction))
+            n = shape[axis] - int(round(shape[axis] * (1 - val_fraction)))
             if not 0 < n < shape[axis]:
                 continue
             for side in ("far", "near"):
-                share = float(profile[-n:].sum() if side == "far" else profile[:n].sum()) / total
+                # share of the foreground in the end slab of each length 1..len along this axis
+                shares = np.cumsum(profile[::-1] if side == "far" else profile) / total
+                share = float(shares[n - 1])
                 if 0 < share < 1 and (best is None or abs(share - val_fraction) < best[0] - 1e-9):
-                    best = (abs(share - val_fraction), axis, side)
+                    best = (abs(share - val_fraction), axis, side, n)
+                # the smallest longer slab (up to half the axis) holding val_fraction of the foreground
+                limit = max(n, int(shape[axis] * MAX_REGION_FRACTION))
+                ok = [k + 1 for k in range(n - 1, limit) if shares[k] < 1 and shares[k] >= val_fraction]
+                some = [k + 1 for k in range(n - 1, limit) if 0 < shares[k] < 1]
+                length = ok[0] if ok else (some[-1] if some else None)
+                if length is not None:
+                    key = (not ok, length / shape[axis])  # reaching val_fraction first, then the thinnest
+                    if grown is None or key < grown[0]:
+                        grown = (key, axis, side, length)
         if best is not None:
             choice = best[1:]
-    axis, side = choice
-    n_val = shape[axis] - int(round(shape[axis] * (1 - val_fraction)))
+        elif grown is not None:
+            choice = grown[1:]
+    axis, side, n_val = choice
     if not 0 < n_val < shape[axis]:
         raise DataError(f"an image of size {'x'.join(map(str, shape))} is too small to hold out "
                         f"{val_fraction:.0%} of it for validation")
