@@ -1,6 +1,7 @@
 """Auto-planned training vs a classical threshold, on one dataset folder.
 
     python benchmarks/bench_autoplan.py DATA [--test TEST] [--budget 3m] [--out-dir /tmp/bench]
+    python benchmarks/bench_autoplan.py DATA --name hand -- --no-plan --features 16,32,64 ...   # a hand-tuned run
 
 1. `unetkit train --images DATA --budget B` with no other flag (the plan for this device), timed.
 2. Held-out cases: every case of TEST when given (never seen in training); else the run's own
@@ -36,11 +37,15 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("/tmp/bench_autoplan"))
     ap.add_argument("--name", default="auto")
     ap.add_argument("--run", type=Path, default=None, help="score this finished run instead of training")
-    ap.add_argument("--extra", nargs="*", default=[], help="more `unetkit train` flags (a hand-tuned run)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more `unetkit train` flags (a hand-tuned run); "
+                                                             "or give them after `--`")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads for scoring (e.g. 1 on a "
                                                                  "busy machine); the run plans its own")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    after = argv.index("--") if "--" in argv else len(argv)  # flags after `--` go to `unetkit train`
+    args = ap.parse_args(argv[:after])
+    args.extra = [*args.extra, *argv[after + 1:]]
     if args.threads:
         import torch
 
