@@ -15,8 +15,6 @@ shared machine are noise: re-take them on a quiet one. The CPU and its flags are
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 import time
@@ -24,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import unetkit  # noqa: E402
 from bench_peers import cpu_summary  # noqa: E402
-from unetkit.data.io import read_mask, read_volume  # noqa: E402
+from bench_quant_demo import compare, quantised_rows  # noqa: E402
+from unetkit.data.io import read_volume  # noqa: E402
 from unetkit.data.normalize import normalize_image  # noqa: E402
-from unetkit.export.quantize import quantize_int8, save_model_4bit, volume_patches  # noqa: E402
 from unetkit.inference.sliding_window import sliding_window_inference  # noqa: E402
 from unetkit.losses import create_loss  # noqa: E402
 
@@ -120,45 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     train_image, train_mask = load("lung2")
     rng = np.random.default_rng(1)
     calib = np.stack([sample(train_image, train_mask, rng, fg=(i % 2 == 0))[0] for i in range(args.calibration)])
-    work = Path(tempfile.mkdtemp(prefix="unetkit-q3d-"))
-    fp32_file = work / "fp32.safetensors"
-    unetkit.save_model(model, fp32_file, extra={"preprocess": SPEC})
-    rows: list[tuple[str, object, int]] = [("torch fp32", model, os.path.getsize(fp32_file))]
-    from unetkit.export.onnx import OnnxPredictor, export_onnx
-
-    export_onnx(model, work / "fp32.onnx", (1, 1, *PATCH), dynamic_spatial=True)
-    rows.append(("ONNX Runtime fp32", OnnxPredictor(work / "fp32.onnx"), os.path.getsize(work / "fp32.onnx")))
-    t0 = time.perf_counter()
-    int8 = quantize_int8(work / "fp32.onnx", [calib[i:i + 2] for i in range(0, len(calib), 2)], work / "int8.onnx")
-    print(f"[bench_quant3d] int8 calibration on {len(calib)} lung2 patches: {time.perf_counter() - t0:.0f} s",
-          file=sys.stderr)
-    rows.append(("ONNX Runtime int8 QDQ", int8, os.path.getsize(work / "int8.onnx")))
-    for group in (32, None):
-        path = save_model_4bit(model, work / f"q4-{group}.safetensors", group_size=group)
-        rows.append((f"4-bit weights, {'group 32' if group else 'per channel'} (dequantised)",
-                     unetkit.load_model(path), os.path.getsize(path)))
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_file = Path(tmp) / "fp32.safetensors"
+        unetkit.save_model(model, fp32_file, extra={"preprocess": SPEC})
+        rows = quantised_rows(model, fp32_file, (1, 1, *PATCH), [calib[i:i + 2] for i in range(0, len(calib), 2)],
+                              "unetkit-q3d-")
     x = torch.from_numpy(image)[None]
-    preds, times = {}, {name: [] for name, _, _ in rows}
-    for r in range(args.repeats):
-        for name, predictor, _ in rows:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                logits = sliding_window_inference(x, predictor, PATCH, overlap=0.25, batch_size=2)
-            times[name].append(time.perf_counter() - t0)
-            if r == 0:
-                preds[name] = logits
-    ref = preds["torch fp32"]
-    base = statistics.median(times["torch fp32"])
-    print(f"\n### 3D int8 / 4-bit vs fp32: held-out lung1 {tuple(image.shape[1:])}, windows {PATCH}, "
-          f"U-Net {'-'.join(map(str, model.unetkit_config['features']))} (stride)\n")
-    print(cpu_summary() + "\n")
-    print("| model | file MB | Dice (held-out) | max abs logit diff vs fp32 | median s | x torch fp32 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, _, size in rows:
-        pred = preds[name].argmax(1)[0].numpy()
-        med = statistics.median(times[name])
-        print(f"| {name} | {size / 2**20:.3f} | {dice(pred, mask):.4f} | "
-              f"{float((preds[name] - ref).abs().max()):.2e} | {med:.2f} | {base / med:.2f} |")
+    compare(rows, lambda predictor: sliding_window_inference(x, predictor, PATCH, overlap=0.25, batch_size=2),
+            args.repeats, lambda logits: dice(logits.argmax(1)[0].numpy(), mask),
+            f"3D int8 / 4-bit vs fp32: held-out lung1 {tuple(image.shape[1:])}, windows {PATCH}, "
+            f"U-Net {'-'.join(map(str, model.unetkit_config['features']))} (stride)")
     return 0
 
 

@@ -39,44 +39,62 @@ def main(argv: list[str] | None = None) -> int:
     model = unetkit.load_model(args.checkpoint)
     img, mask = load_nuclei(DATA / "image.tif", DATA / "instances.tif")
     region = model.unetkit_meta.get("extra", {}).get("split", {}).get("heldout_region")
-    x0 = region[2] if region else img.shape[1] // 2
+    x0 = region[-1][0] if region else img.shape[1] // 2  # boxes [[y0, y1], [x0, x1]]: the held-out columns
     held, held_mask = img[:, x0:], mask[:, x0:].astype(bool)
     crop = tuple(slice(0, n // 16 * 16) for n in held.shape)
     x = torch.from_numpy(np.ascontiguousarray(held[crop]))[None, None]
     truth = held_mask[crop]
-    work = Path(tempfile.mkdtemp(prefix="unetkit-qdemo-"))
+    calib = calibration_tiles(img[:, :x0], 128, 4, args.calibration_tiles)
+    rows = quantised_rows(model, args.checkpoint, (1, 1, 128, 128), calib, "unetkit-qdemo-")
+    feats = "-".join(map(str, model.unetkit_config.get("features", ())))
+    compare(rows, lambda predictor: predictor(x), args.repeats, lambda out: dice(foreground(out)[0], truth),
+            f"demo model ({model.unetkit_arch} {feats}): held-out columns {x0}.. of the nuclei image, "
+            f"{tuple(x.shape[2:])}")
+    return 0
+
+
+def quantised_rows(model, model_file: Path, example_shape: tuple, calib, prefix: str) -> list[tuple]:
+    """(name, predictor, file bytes) for torch fp32, ONNX Runtime fp32 and int8 QDQ (calibrated on
+    `calib`), and 4-bit weights (group 32 and per channel, dequantised at load)."""
     from unetkit.export.onnx import OnnxPredictor, export_onnx
 
-    rows = [("torch fp32", model, os.path.getsize(args.checkpoint))]
-    export_onnx(model, work / "fp32.onnx", (1, 1, 128, 128), dynamic_spatial=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    rows = [("torch fp32", model, os.path.getsize(model_file))]
+    export_onnx(model, work / "fp32.onnx", example_shape, dynamic_spatial=True)
     rows.append(("ONNX Runtime fp32", OnnxPredictor(work / "fp32.onnx"), os.path.getsize(work / "fp32.onnx")))
-    calib = calibration_tiles(img[:, :x0], 128, 4, args.calibration_tiles)
+    t0 = time.perf_counter()
     rows.append(("ONNX Runtime int8 QDQ", quantize_int8(work / "fp32.onnx", calib, work / "int8.onnx"),
                  os.path.getsize(work / "int8.onnx")))
+    print(f"[bench] int8 calibration: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     for group in (32, None):
         path = save_model_4bit(model, work / f"q4-{group}.safetensors", group_size=group)
         rows.append((f"4-bit weights, {'group 32' if group else 'per channel'} (dequantised at load)",
                      unetkit.load_model(path), os.path.getsize(path)))
+    return rows
+
+
+def compare(rows: list[tuple], run, repeats: int, score, title: str) -> None:
+    """`run(predictor)` for every row in `repeats` interleaved rounds; prints size, held-out score
+    (`score(output)`), max abs difference to the first row (torch fp32), median time and ratio."""
     outs, times = {}, {name: [] for name, _, _ in rows}
-    for r in range(args.repeats):
+    for r in range(repeats):
         for name, predictor, _ in rows:
             t0 = time.perf_counter()
             with torch.no_grad():
-                out = predictor(x)
+                out = run(predictor)
             times[name].append(time.perf_counter() - t0)
-            outs[name] = out
-    ref, base = outs["torch fp32"], statistics.median(times["torch fp32"])
-    feats = "-".join(map(str, model.unetkit_config.get("features", ())))
-    print(f"\n### demo model ({model.unetkit_arch} {feats}): held-out columns {x0}.. of the nuclei image, "
-          f"{tuple(x.shape[2:])}\n")
+            if r == 0:
+                outs[name] = out
+    first = rows[0][0]
+    ref, base = outs[first].float(), statistics.median(times[first])
+    print(f"\n### {title}\n")
     print(cpu_summary() + "\n")
-    print("| model | file MB | pixel Dice (held-out) | max abs logit diff vs fp32 | median s | x torch fp32 |")
+    print(f"| model | file MB | Dice (held-out) | max abs logit diff vs {first} | median s | x {first} |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, _, size in rows:
         med = statistics.median(times[name])
-        print(f"| {name} | {size / 2**20:.3f} | {dice(foreground(outs[name])[0], truth):.4f} | "
-              f"{float((outs[name].float() - ref.float()).abs().max()):.2e} | {med:.3f} | {base / med:.2f} |")
-    return 0
+        print(f"| {name} | {size / 2**20:.3f} | {score(outs[name]):.4f} | "
+              f"{float((outs[name].float() - ref).abs().max()):.2e} | {med:.3f} | {base / med:.2f} |")
 
 
 if __name__ == "__main__":
