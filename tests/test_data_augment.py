@@ -114,3 +114,46 @@ def test_config_form_and_errors():
         build_augmentation({"shear": 1})
     with pytest.raises(ConfigError, match="no option"):
         build_augmentation({"elastic": {"strength": 1}})
+
+
+def test_thick_slices_are_not_rotated_out_of_their_plane():
+    """nnU-Net's rule for anisotropic data: with 8x thicker slices, 3D rotations stay in-plane, so
+    a volume whose every slice is constant keeps every slice constant; without the spacing (the old
+    behaviour) the same rotations mix slices. Isotropic spacing gives the unchanged old result."""
+    from unetkit.data.augment import build_augmentation
+
+    image = np.broadcast_to(np.arange(12, dtype=np.float32)[:, None, None], (1, 12, 40, 40)).copy()
+    mask = np.zeros((1, 12, 40, 40), np.uint8)
+    ops = {"affine": {"p": 1.0, "rotate": 30.0, "scale": (1.0, 1.0), "shift": 0.0}}
+
+    def within_slice_spread(spacing, seed):
+        aug = build_augmentation(ops, spatial_dims=3, seed=seed)
+        out = aug(image, mask, spacing=spacing)["image"][0]
+        return float(out.reshape(12, -1).std(axis=1).max())
+
+    for seed in range(4):
+        assert within_slice_spread((8.0, 1.0, 1.0), seed) < 1e-4
+        assert within_slice_spread(None, seed) > 0.1
+        a = build_augmentation(ops, spatial_dims=3, seed=seed)(image, mask, spacing=(2.0, 2.0, 2.0))["image"]
+        b = build_augmentation(ops, spatial_dims=3, seed=seed)(image, mask)["image"]
+        assert np.array_equal(a, b)
+
+
+def test_rotations_are_physical_on_moderately_anisotropic_voxels():
+    """2x thicker slices are within the anisotropy limit, so they are rotated, but in mm: a ball
+    (an ellipsoid in voxels) stays the same ellipsoid under any rotation, up to resampling. Scored
+    inside the central 22 mm, where no mirrored border content can reach."""
+    from unetkit.data.augment import build_augmentation
+
+    z, y, x = np.mgrid[:24, :48, :48].astype(np.float32)
+    r2 = (2 * (z - 11.5)) ** 2 + (y - 23.5) ** 2 + (x - 23.5) ** 2  # squared distance in mm
+    ball, inside = r2 <= 12 ** 2, r2 <= 22 ** 2
+    mask = ball[None].astype(np.uint8)
+    ops = {"affine": {"p": 1.0, "rotate": 40.0, "scale": (1.0, 1.0), "shift": 0.0}}
+    dice = lambda a, b: 2 * (a & b & inside).sum() / ((a & inside).sum() + (b & inside).sum())
+    for seed in range(3):
+        physical = build_augmentation(ops, spatial_dims=3, seed=seed)(mask.astype(np.float32), mask,
+                                                                       spacing=(2.0, 1.0, 1.0))["mask"][0]
+        voxel = build_augmentation(ops, spatial_dims=3, seed=seed)(mask.astype(np.float32), mask)["mask"][0]
+        assert dice(physical > 0, ball) > 0.95
+        assert dice(voxel > 0, ball) < 0.85  # rotated in voxel space, the ellipsoid turns

@@ -71,3 +71,39 @@ def test_folder_of_nifti_with_target_spacing(tmp_path):
 def test_bad_fraction():
     with pytest.raises(ValueError):
         VolumeDataset([sparse_volume()], (8, 8, 8), foreground_fraction=1.5)
+
+
+@pytest.mark.parametrize("kind", ["patches", "tiles"])
+def test_augmentation_draws_are_independent_of_where_the_patch_goes(kind):
+    """Defect: a dataset reseeded per item (the Trainer's SeededDataset) gave its own generator and
+    its augmentation the same seed, so their first draws coincided: every foreground-centred patch
+    (first draw < 1/3) was also flipped on axis 0 (first draw < 1/2). On a CT volume the model learnt
+    the z-flip as the cue for the tumour and found none at prediction. The flip rate of foreground
+    patches must be the flip probability, counted against the unaugmented crop."""
+    from unetkit.data.augment import build_augmentation
+    from unetkit.data.tiles import RandomTileDataset
+
+    flip_axis0 = {"flip": {"p": 0.5}}
+    if kind == "patches":
+        vol = sparse_volume()
+        vol.image = np.broadcast_to(np.arange(48, dtype=np.float32)[:, None, None], (1, 48, 48, 48)).copy()
+        ds = VolumeDataset([vol], (16, 16, 16), foreground_fraction=1 / 3, length=1,
+                           transform=build_augmentation(flip_axis0, spatial_dims=3))
+        axis = 1  # the image's axis 0 (a ramp, so a flip is visible)
+    else:
+        image = np.broadcast_to(np.arange(64, dtype=np.float32)[:, None], (1, 64, 64)).copy()
+        mask = np.zeros((1, 64, 64), np.uint8)
+        mask[0, 40:44, 10:14] = 1
+        ds = RandomTileDataset(image, mask, 16, length=1, foreground_fraction=1 / 3,
+                               transform=build_augmentation(flip_axis0, spatial_dims=2))
+        axis = 1
+    flipped_fg, fg = 0, 0
+    for seed in range(240):
+        ds.reseed(seed)
+        s = ds[0]
+        ramp = np.asarray(s["image"]).mean(axis=tuple(a for a in range(s["image"].dim()) if a != axis))
+        if s["mask"].any():
+            fg += 1
+            flipped_fg += bool(ramp[0] > ramp[-1])  # the ramp runs backwards: flipped
+    assert fg > 50
+    assert 0.3 < flipped_fg / fg < 0.7  # old code: 1.0

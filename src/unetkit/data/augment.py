@@ -14,6 +14,11 @@ and every array uses the same mirrored border, so labels stay on their pixels. O
 - flips / rot90 (any dims) and intensity ops are numpy, shared by 2D and 3D. Intensity ops scale with
   each channel's range, so they suit both [0, 1] (percentile) and z-scored images, and gamma is
   applied on a [0, 1]-rescaled copy so negative values never produce NaN.
+- 3D with `spacing` (the voxel size, given per call by the patch datasets): rotations, 90-degree
+  turns and elastic displacements act in physical space, and an axis whose spacing is more than
+  `ANISOTROPY_LIMIT` x the finest (thick slices) is never rotated into the others, as nnU-Net's
+  "dummy 2D" augmentation: rotating a 14x96x96 patch of 5 mm slices about an in-plane axis would mix
+  slices 8x further apart than its pixels.
 
 Configuration: a preset name (`none`, `light`, `default`, `heavy`) or a dict of ops, optionally based
 on a preset, e.g. `{"preset": "default", "elastic": {"p": 0.5}, "crop": {"size": 128}, "noise": None}`.
@@ -81,6 +86,8 @@ OPS = {
 # albumentations' ElasticTransform moves pixels by about 0.07 * alpha / sigma (RMS, measured on 2.0.8);
 # the 3D version draws a smooth field of that RMS so alpha and sigma mean the same in 2D and 3D.
 ELASTIC_SCALE = 0.07
+ANISOTROPY_LIMIT = 3.0  # nnU-Net's anisotropy threshold: thicker axes are not rotated out of their plane
+TURN_LIMIT = 1.25  # a 90-degree turn swaps two axes: only when their spacings (nearly) agree
 
 
 def resolve_config(config: str | dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -140,8 +147,10 @@ class Augmentation:
     def __repr__(self) -> str:
         return f"Augmentation({self.spatial_dims}D, {self.ops})"
 
+    accepts_spacing = True  # the patch datasets pass each case's voxel spacing (3D)
+
     def __call__(self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None,
-                 instances: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 instances: np.ndarray | None = None, spacing: Any = None) -> dict[str, np.ndarray]:
         image = np.asarray(image, dtype=np.float32)
         mask = np.asarray(mask)
         mask = mask[None] if mask.ndim == image.ndim - 1 else mask
@@ -153,7 +162,7 @@ class Augmentation:
             labels.append(np.asarray(weight, dtype=np.float32).reshape(image.shape[1:]))
         if instances is not None:
             labels.append(np.asarray(instances, dtype=np.float32))
-        image, labels = self._spatial(image, labels)
+        image, labels = self._spatial(image, labels, _relative_spacing(spacing, self.spatial_dims))
         image = self._intensity(image)
         out = {"image": np.ascontiguousarray(image, dtype=np.float32),
                "mask": np.rint(labels[0])[None].astype(np.int64)}
@@ -165,7 +174,8 @@ class Augmentation:
 
     # ---------------------------------------------------------------- spatial
 
-    def _spatial(self, image: np.ndarray, labels: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _spatial(self, image: np.ndarray, labels: list[np.ndarray], spacing: np.ndarray
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
         ops, rng = self.ops, self.rng
         if self.spatial_dims == 3 and "crop" in ops:
             image, labels = _crop_nd(image, labels, ops["crop"]["size"], rng)
@@ -176,7 +186,7 @@ class Augmentation:
                     labels = [np.flip(a, axis) for a in labels]
         if "rot90" in ops and rng.random() < ops["rot90"]["p"]:
             planes = [(a, b) for a in range(self.spatial_dims) for b in range(a + 1, self.spatial_dims)
-                      if image.shape[a + 1] == image.shape[b + 1]]
+                      if image.shape[a + 1] == image.shape[b + 1] and _ratio(spacing, a, b) <= TURN_LIMIT]
             if planes:
                 a, b = planes[rng.integers(len(planes))]
                 k = int(rng.integers(1, 4))
@@ -184,7 +194,7 @@ class Augmentation:
                 labels = [np.rot90(x, k, axes=(a, b)) for x in labels]
         if self.spatial_dims == 2:
             return self._albumentations(image, labels)
-        return _warp_nd(image, labels, ops, rng)
+        return _warp_nd(image, labels, ops, rng, spacing)
 
     def _albumentations(self, image: np.ndarray, labels: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         if self._albu is None:
@@ -272,15 +282,34 @@ def _crop_nd(image: np.ndarray, labels: list[np.ndarray], size: Any, rng: np.ran
     return image[(slice(None),) + box], [a[box] for a in labels]
 
 
+def _relative_spacing(spacing: Any, dims: int) -> np.ndarray:
+    """Spacing divided by its finest axis (ones when not given)."""
+    if spacing is None:
+        return np.ones(dims)
+    sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    if sp.shape != (dims,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ConfigError(f"augmentation: spacing must be {dims} positive numbers, got {spacing}")
+    return sp / sp.min()
+
+
+def _ratio(spacing: np.ndarray, a: int, b: int) -> float:
+    return float(max(spacing[a], spacing[b]) / min(spacing[a], spacing[b]))
+
+
 def _warp_nd(image: np.ndarray, labels: list[np.ndarray], ops: dict[str, dict[str, Any]],
-             rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Affine (rotation about each axis, scale, shift) and elastic deformation in one resampling."""
+             rng: np.random.Generator, spacing: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Affine (rotation about each axis, scale, shift) and elastic deformation in one resampling.
+
+    `spacing` (relative, finest axis 1): rotations are physical (voxel coordinates scaled to mm,
+    rotated, scaled back), planes with an axis over ANISOTROPY_LIMIT x the finest are not rotated, and
+    the elastic field's smoothness and displacement are the same in mm on every axis."""
     do_affine = "affine" in ops and rng.random() < ops["affine"]["p"]
     do_elastic = "elastic" in ops and rng.random() < ops["elastic"]["p"]
     if not (do_affine or do_elastic):
         return image, labels
     shape = image.shape[1:]
     ndim = len(shape)
+    spacing = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     centre = (np.array(shape) - 1) / 2
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
     coords = grid.reshape(ndim, -1) - centre[:, None]
@@ -289,7 +318,10 @@ def _warp_nd(image: np.ndarray, labels: list[np.ndarray], ops: dict[str, dict[st
         matrix = np.eye(ndim) / rng.uniform(*o["scale"])
         for a in range(ndim):
             for b in range(a + 1, ndim):
-                matrix = _plane_rotation(ndim, a, b, np.deg2rad(rng.uniform(-o["rotate"], o["rotate"]))) @ matrix
+                angle = np.deg2rad(rng.uniform(-o["rotate"], o["rotate"]))  # drawn always: same stream
+                if _ratio(spacing, a, b) <= ANISOTROPY_LIMIT:
+                    rotation = _plane_rotation(ndim, a, b, angle)
+                    matrix = np.diag(1 / spacing) @ rotation @ np.diag(spacing) @ matrix  # in mm
         shift = rng.uniform(-o["shift"], o["shift"], size=ndim) * np.array(shape)
         coords = matrix.astype(np.float32) @ coords - shift[:, None].astype(np.float32)
     coords = coords + centre[:, None]
@@ -297,9 +329,10 @@ def _warp_nd(image: np.ndarray, labels: list[np.ndarray], ops: dict[str, dict[st
     if do_elastic:
         o = ops["elastic"]
         magnitude = ELASTIC_SCALE * o["alpha"] / o["sigma"]
+        sigmas = [o["sigma"] / s for s in spacing]  # the same smoothness in mm on every axis
         for axis in range(ndim):
-            field = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), o["sigma"], mode="wrap")
-            coords[axis] += field * (magnitude / (field.std() + 1e-8))
+            field = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigmas, mode="wrap")
+            coords[axis] += field * (magnitude / spacing[axis] / (field.std() + 1e-8))
     warped = np.stack([ndi.map_coordinates(c, coords, order=1, mode="mirror") for c in image])
     labels = [ndi.map_coordinates(a, coords, order=0, mode="mirror") for a in labels]
     return warped, labels

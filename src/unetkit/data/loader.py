@@ -25,6 +25,18 @@ def auto_workers() -> int:
     return max(0, min(4, cpus - 1))
 
 
+def split_seed(seed: int, streams: int = 2) -> list[int]:
+    """`streams` independent seeds from one (numpy's SeedSequence.spawn).
+
+    A dataset that draws its own random numbers (where a patch goes, whether it is centred on the
+    foreground) and also reseeds an augmentation must give the two different streams: seeded alike,
+    the first draws coincide, so every foreground patch got the same flip (in CT, a z-flip the model
+    then learnt as a cue for "tumour", never seen at prediction).
+    """
+    children = np.random.SeedSequence(int(seed) % 2**63).spawn(streams)
+    return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
+
+
 def seed_worker(worker_id: int) -> None:
     """worker_init_fn: seed numpy/random and the dataset's own generators from torch's worker seed."""
     seed = torch.initial_seed() % 2**32

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from unetkit.data.loader import split_seed
 from unetkit.data.dataset import _as_cases, _read_channels, to_sample
 from unetkit.data.folder import Case
 from unetkit.data.io import read_input, read_labels
@@ -74,7 +75,7 @@ class PatchDataset(Dataset):
         self.return_instances = return_instances
         self.regions = {k: [tuple(int(v) for v in ax) for ax in box] for k, box in (regions or {}).items()}
         self.weight_map = weight_map
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(split_seed(seed)[0])  # not the stream of a transform seeded alike
         self._cache: dict[int, dict[str, Any]] = {}
         self.mask_kind = mask_kind if mask_kind != "auto" else decide_mask_kind(
             profile_masks(range(len(self.items)), load=lambda i: self._raw(i)[1]), num_classes).kind
@@ -87,9 +88,10 @@ class PatchDataset(Dataset):
         return [it["name"] for it in self.items]
 
     def reseed(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
+        own, augmentation = split_seed(seed)  # independent streams (see split_seed)
+        self.rng = np.random.default_rng(own)
         if hasattr(self.transform, "reseed"):
-            self.transform.reseed(seed)
+            self.transform.reseed(augmentation)
 
     def volume(self, index: int) -> dict[str, Any]:
         """The preprocessed case `index`: image (C,*S) float32, mask (1,*S), instances, weight, fg points."""
@@ -124,7 +126,8 @@ class PatchDataset(Dataset):
             if len(points) > _MAX_FG_POINTS:
                 points = points[np.random.default_rng(index).choice(len(points), _MAX_FG_POINTS, replace=False)]
             fg[int(k)] = points
-        vol = {"image": image, "mask": semantic[None], "instances": instances, "weight": weight, "fg": fg}
+        vol = {"image": image, "mask": semantic[None], "instances": instances, "weight": weight, "fg": fg,
+               "spacing": self.target_spacing or spacing}
         self._cache[index] = vol
         return vol
 
@@ -149,6 +152,8 @@ class PatchDataset(Dataset):
         weight = weight[(slice(None),) + box] if weight is not None else None
         if self.transform is not None:
             kwargs = {"weight": weight} if weight is not None else {}
+            if getattr(self.transform, "accepts_spacing", False) and self.spatial_dims == 3:
+                kwargs["spacing"] = vol["spacing"]  # rotations in mm; thick slices are not rotated out of plane
             out = self.transform(image, mask, instances=instances, **kwargs)
             image, mask, instances, weight = out["image"], out["mask"], out.get("instances"), out.get("weight")
         name = f"{self.items[case_index]['name']}@{','.join(map(str, corner))}"

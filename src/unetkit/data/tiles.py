@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 from torch.utils.data import Dataset
 
+from unetkit.data.loader import split_seed
 from unetkit.data.dataset import to_sample
 from unetkit.errors import ConfigError
 
@@ -47,15 +48,16 @@ class RandomTileDataset(Dataset):
         self.foreground_fraction = foreground_fraction
         region_fg = self.mask[0, y0:y1, x0:x1] > 0
         self._fg = np.argwhere(region_fg) + np.array([y0, x0])
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(split_seed(seed)[0])  # not the stream of a transform seeded alike
 
     def __len__(self) -> int:
         return self.length
 
     def reseed(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
+        own, augmentation = split_seed(seed)  # independent streams (see split_seed)
+        self.rng = np.random.default_rng(own)
         if hasattr(self.transform, "reseed"):
-            self.transform.reseed(seed)
+            self.transform.reseed(augmentation)
 
     def corner(self) -> tuple[int, int]:
         """A random top-left corner whose tile lies inside the region."""
