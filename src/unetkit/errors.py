@@ -22,3 +22,7 @@ class Interrupted(UnetkitError):
     """Work stopped by SIGINT / SIGTERM after finishing (or abandoning) its current step."""
 
     exit_code = 130
+
+
+class UnsupportedError(UnetkitError, RuntimeError):
+    """This machine or software build cannot run the requested feature (the message names the alternative)."""

@@ -1,4 +1,5 @@
-"""Deployment: fast inference (BN folding, channels-last, compile), ONNX, int8, pruning, distillation.
+"""Deployment: fast inference (BN folding, channels-last, compile), ONNX, int8 (ONNX Runtime or torch
+oneDNN), pruning, distillation.
 
 ONNX and int8 need the `export` extra (onnx, onnxruntime, onnxscript); they are imported lazily.
 """
@@ -21,6 +22,10 @@ def __getattr__(name: str):  # lazy: onnx / onnxruntime are optional
         from unetkit.export import quantize as _q
 
         return getattr(_q, name)
+    if name in ("quantize_torch_int8", "save_model_int8", "onednn_int8_available"):
+        from unetkit.export import onednn_int8 as _o
+
+        return getattr(_o, name)
     raise AttributeError(f"module 'unetkit.export' has no attribute '{name}'")
 
 
@@ -29,5 +34,5 @@ __all__ = [
     "to_channels_last",
     "prune_global_unstructured", "prune_channels", "remove_pruning", "sparsity", "channel_sparsity",
     "distill", "distillation_loss", "export_onnx", "OnnxPredictor", "quantize_int8", "quantize_onnx_int8",
-    "image_tiles",
+    "image_tiles", "quantize_torch_int8", "save_model_int8", "onednn_int8_available",
 ]

@@ -107,21 +107,42 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: weights cannot be read ({err})") from None
-    if "quantization" in meta:  # 4-bit weight-only file (export.quantize.save_model_4bit): dequantise
-        from unetkit.export.quantize import dequantize_state_4bit
-
+    int8 = None
+    if "quantization" in meta:
         try:
-            state = dequantize_state_4bit(state, json.loads(meta["quantization"]))
-        except (KeyError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: damaged 4-bit weights ({err})") from None
+            record = json.loads(meta["quantization"])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: damaged quantization record ({err})") from None
+        if isinstance(record, dict) and record.get("scheme") == "int8-onednn-static":
+            int8 = record  # int8 weights run as they are (export.onednn_int8.save_model_int8)
+        else:  # 4-bit weight-only file (export.quantize.save_model_4bit): dequantise
+            from unetkit.export.quantize import dequantize_state_4bit
+
+            try:
+                state = dequantize_state_4bit(state, record)
+            except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as err:
+                raise CheckpointError(f"{path}: damaged 4-bit weights ({err})") from None
     try:
         model = create_model(meta["arch"], **meta["config"])
     except (ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot rebuild its '{meta['arch']}' model ({err})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the '{meta['arch']}' model ({err})") from None
+    if int8 is not None:
+        if torch.device(map_location).type != "cpu":
+            raise CheckpointError(f"{path}: is an int8 (oneDNN) model, which runs on the CPU only")
+        from unetkit.errors import UnsupportedError
+        from unetkit.export.onednn_int8 import int8_model_from_state
+
+        try:
+            model = int8_model_from_state(model, state, int8)
+        except UnsupportedError as err:
+            raise UnsupportedError(f"{path}: {err}") from None
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"{path}: int8 weights do not fit the '{meta['arch']}' model ({err})") from None
+    else:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not fit the '{meta['arch']}' model ({err})") from None
     model.to(map_location).eval()
     model.unetkit_meta = meta
     return model
