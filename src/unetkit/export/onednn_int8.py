@@ -125,6 +125,11 @@ class Int8Conv(nn.Module):
         self.input_zero_point.fill_(int(np.clip(round(-lo / scale), 0, 255)))
         self._packed = None
 
+    def __getstate__(self) -> dict:  # the packed weight is an opaque oneDNN tensor: rebuilt on use
+        state = super().__getstate__()
+        state["_packed"] = None
+        return state
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._packed = None
