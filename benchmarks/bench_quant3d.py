@@ -1,12 +1,13 @@
-"""3D int8 (ONNX Runtime QDQ, calibrated on real patches) and 4-bit weights against fp32, on the
-pyradiomics-lesions CT pair: train a small stride U-Net on lung2, score held-out lung1.
+"""3D int8 (ONNX Runtime QDQ and torch oneDNN, calibrated on real patches) and 4-bit weights
+against fp32, on the pyradiomics-lesions CT pair: train a small stride U-Net on lung2, score held-out lung1.
 
     python benchmarks/bench_quant3d.py                       # train (~300 steps), then the table
     python benchmarks/bench_quant3d.py --steps 20 --quick    # smoke test (the Dice means nothing)
     python benchmarks/bench_quant3d.py --checkpoint m.safetensors   # skip training
 
 Rows: torch fp32 (eager), ONNX Runtime fp32, ONNX Runtime int8 (QDQ, per-channel weights,
-calibrated on lung2 patches), 4-bit weight-only (group 32 and per channel; dequantised to fp32
+calibrated on lung2 patches), torch oneDNN int8 (`quantize_torch_int8`, same patches, saved
+and reloaded as a model file), 4-bit weight-only (group 32 and per channel; dequantised to fp32
 at load, so its speed is fp32's: no runtime here executes 4-bit convolutions). Dice is
 computed on the whole held-out volume after sliding-window inference (same windows for
 every row); times are the sliding-window pass, interleaved rounds, medians. Timings on a

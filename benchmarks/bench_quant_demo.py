@@ -1,4 +1,4 @@
-"""Size, speed and held-out Dice of the demo model in fp32, int8 (ONNX Runtime QDQ) and 4-bit
+"""Size, speed and held-out Dice of the demo model in fp32, int8 (ONNX Runtime QDQ; torch oneDNN) and 4-bit
 weight-only (group 32 / per channel), on the demo's own held-out columns of the nuclei image.
 
     unetkit demo --out-dir /tmp/runs --name demo
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import unetkit  # noqa: E402
 from bench_peers import cpu_summary  # noqa: E402
 from bench_unet_cpu import DATA, calibration_tiles, dice, foreground, load_nuclei  # noqa: E402
+from unetkit.export.onednn_int8 import onednn_int8_available, quantize_torch_int8, save_model_int8  # noqa: E402
 from unetkit.export.quantize import quantize_int8, save_model_4bit  # noqa: E402
 
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def quantised_rows(model, model_file: Path, example_shape: tuple, calib, prefix: str) -> list[tuple]:
     """(name, predictor, file bytes) for torch fp32, ONNX Runtime fp32 and int8 QDQ (calibrated on
-    `calib`), and 4-bit weights (group 32 and per channel, dequantised at load)."""
+    `calib`), torch oneDNN int8 (same calibration; saved, reloaded; skipped where oneDNN int8
+    is missing), and 4-bit weights (group 32 and per channel, dequantised at load)."""
     from unetkit.export.onnx import OnnxPredictor, export_onnx
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
@@ -66,6 +68,14 @@ def quantised_rows(model, model_file: Path, example_shape: tuple, calib, prefix:
     rows.append(("ONNX Runtime int8 QDQ", quantize_int8(work / "fp32.onnx", calib, work / "int8.onnx"),
                  os.path.getsize(work / "int8.onnx")))
     print(f"[bench] int8 calibration: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    reason = onednn_int8_available()
+    if reason is None:  # torch-native int8 on oneDNN: calibrated on the same batches, saved and reloaded
+        t0 = time.perf_counter()
+        path = save_model_int8(quantize_torch_int8(model, calib), work / "int8-torch.safetensors")
+        print(f"[bench] torch int8 calibration: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        rows.append(("torch oneDNN int8", unetkit.load_model(path), os.path.getsize(path)))
+    else:
+        print(f"[bench] no torch oneDNN int8 row: {reason}", file=sys.stderr)
     for group in (32, None):
         path = save_model_4bit(model, work / f"q4-{group}.safetensors", group_size=group)
         rows.append((f"4-bit weights, {'group 32' if group else 'per channel'} (dequantised at load)",
