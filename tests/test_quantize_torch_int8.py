@@ -167,3 +167,35 @@ def test_clear_errors(monkeypatch) -> None:
     assert "qconv_pointwise" in onednn_int8.onednn_int8_available()
     with pytest.raises(UnsupportedError, match="ONNX Runtime int8 path.*quantize_int8"):
         quantize_torch_int8(_tiny_unet(2, "batch"), [torch.rand(1, 1, 16, 16)])
+
+
+@needs_onednn
+def test_cli_export_int8_torch_then_predict(tmp_path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from unetkit.cli.main import app
+
+    model = _tiny_unet(2, "batch")
+    ckpt = unetkit.save_model(model, tmp_path / "m.safetensors", extra={"threshold": 0.4})
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((40, 40)) * 255).astype(np.uint8)).save(calib / f"{i}.png")
+    out = tmp_path / "q.safetensors"
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", str(ckpt), "--format", "int8-torch", "--out", str(out), "--size", "32"])
+    assert res.exit_code == 1 and "--calibration" in res.output
+    res = runner.invoke(app, ["export", str(ckpt), "--format", "int8-torch", "--out", str(out), "--size", "32",
+                              "--calibration", str(calib)])
+    assert res.exit_code == 0, res.output
+    q = unetkit.load_model(out)
+    assert q.int8_layers and q.unetkit_meta["extra"] == {"threshold": 0.4}
+    x = torch.rand(1, 1, 32, 32)  # inside the calibration range (images normalised to 0..1)
+    with torch.no_grad():
+        ref = model(x)
+        assert 0 < float((q(x) - ref).abs().max()) < 0.15 * float(ref.abs().max())
+    res = runner.invoke(app, ["predict", str(out), str(calib / "0.png"), "-o", str(tmp_path / "pred"),
+                              "--roi", "32", "--no-overlay"])
+    assert res.exit_code == 0, res.output
+    assert list((tmp_path / "pred" / "masks").iterdir())

@@ -1,4 +1,5 @@
-"""`unetkit export`: a model file to ONNX (fp32), int8 ONNX (2D and 3D) or a 4-bit weight-only model file."""
+"""`unetkit export`: a model file to ONNX (fp32), int8 ONNX (2D and 3D), a torch oneDNN int8 model file or
+a 4-bit weight-only model file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -81,8 +82,9 @@ def register(app: typer.Typer) -> None:
     def export(
         checkpoint: Path = typer.Argument(..., help="A unetkit model file (.safetensors)."),
         format: str = typer.Option("onnx", "--format",
-                                   help="onnx (fp32), int8 (static, calibrated) or int4 (4-bit weights)."),
-        out: Path = typer.Option(..., "--out", help="Output path (.onnx; .safetensors for int4)."),
+                                   help="onnx (fp32), int8 (ONNX Runtime, static, calibrated), int8-torch "
+                                        "(torch oneDNN, static, calibrated) or int4 (4-bit weights)."),
+        out: Path = typer.Option(..., "--out", help="Output path (.onnx; .safetensors for int8-torch, int4)."),
         group_size: int = typer.Option(32, help="int4: weights per scale (0: one scale per output channel)."),
         size: int = typer.Option(256, help="Export / calibration tile size per spatial dim."),
         calibration: Optional[Path] = typer.Option(None, help="Folder of images for int8 calibration."),
@@ -90,13 +92,14 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     ) -> None:
         """Export a model file to ONNX, to int8 ONNX calibrated on real images (2D) or volumes (3D),
+        to a torch oneDNN int8 model file (same calibration; `unetkit predict` runs it on the CPU),
         or to a 4-bit weight-only model file (smaller; `load_model` dequantises it)."""
         from unetkit import load_model
 
-        if format not in ("onnx", "int8", "int4"):
-            fail(f"--format must be onnx, int8 or int4, got '{format}'")
-        if format == "int8" and calibration is None:
-            fail("--format int8 needs --calibration DIR (images like the training data)")
+        if format not in ("onnx", "int8", "int8-torch", "int4"):
+            fail(f"--format must be onnx, int8, int8-torch or int4, got '{format}'")
+        if format in ("int8", "int8-torch") and calibration is None:
+            fail(f"--format {format} needs --calibration DIR (images like the training data)")
         if out.exists() and not overwrite:
             fail(f"{out} exists; pass --overwrite to replace it")
         with user_errors():
@@ -116,6 +119,12 @@ def register(app: typer.Typer) -> None:
             shape = (1, in_ch, *([size] * dims))
             if format == "onnx":
                 export_onnx(model, out, shape, opset=opset, overwrite=overwrite)
+            elif format == "int8-torch":
+                from unetkit.export.onednn_int8 import quantize_torch_int8, save_model_int8
+
+                spec = getattr(model, "unetkit_meta", {}).get("extra", {}).get("preprocess")
+                batches = (_calibration_batches if dims == 2 else _calibration_patches)(calibration, size, in_ch, spec)
+                save_model_int8(quantize_torch_int8(model, batches), out, overwrite=overwrite)
             else:
                 from unetkit.export.quantize import quantize_int8
 

@@ -1,5 +1,8 @@
 """Quantisation: int8 (static, through ONNX Runtime) and 4-bit weight-only (storage).
 
+(int8 inside torch, on oneDNN's int8 convolutions, with a model file `load_model` runs as int8:
+`unetkit.export.onednn_int8.quantize_torch_int8`, re-exported here.)
+
 int8 post-training quantisation for CPU deployment, through ONNX Runtime, 2D and 3D:
 
     predictor = quantize_int8(model, calibration_batches, "unet-int8.onnx")
@@ -36,6 +39,14 @@ import torch.nn as nn
 from unetkit.io.atomic import atomic_path
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def __getattr__(name: str):  # torch-native int8 lives in its own module (imports this one)
+    if name in ("quantize_torch_int8", "save_model_int8", "onednn_int8_available"):
+        from unetkit.export import onednn_int8
+
+        return getattr(onednn_int8, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_numpy(batch: Any) -> np.ndarray:
