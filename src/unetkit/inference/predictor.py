@@ -309,7 +309,8 @@ class Predictor:
                 self._warned_native = True
                 warnings.warn(f"{source or 'image'}: no voxel spacing known (e.g. a TIFF stack without spacing "
                               f"metadata, or an array without spacing=); predicted at its native spacing, although "
-                              f"the model ({self.source}) was trained at {list(self.target_spacing)}",
+                              f"the model ({self.source}) was trained at "
+                              f"({', '.join(f'{v:.4g}' for v in self.target_spacing)})",
                               stacklevel=3)
             return None
         if len(spacing) < 3 or any(not float(v) > 0 for v in list(spacing)[-3:]):

@@ -176,10 +176,11 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     add("num_classes", f"{num_classes} ({'binary, sigmoid' if num_classes == 1 else 'softmax'})",
         f"mask labels: {fp.num_classes} classes incl. background ({fp.mask_kind})")
     spacing = target_spacing(fp)
-    resample_to = spacing if dims == 3 and needs_resampling(fp, spacing) else None
+    resample_to = ([float(f"{v:.6g}") for v in spacing]  # readable in the YAML (NIfTI spacings are float32)
+                   if dims == 3 and needs_resampling(fp, spacing) else None)
     if dims == 3:
         add("target spacing", _fmt(spacing), "nnU-Net: median (10th percentile on a thick anisotropic axis); "
-            + ("applied: cases differ from it by > 5% on some axis, so training and prediction resample to it"
+            + ("applied (cases differ from it by > 5%): training and prediction resample to it"
                if resample_to is not None else "every case within 5% of it: trained at native spacing"))
     normalize, why = normalization(fp)
     add("normalisation", normalize["mode"], why)
