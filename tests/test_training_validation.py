@@ -167,3 +167,24 @@ def test_in_channels_that_do_not_match_the_images_fail_before_training(tmp_path)
     with pytest.raises(DataError, match=r"has 1 channel\(s\) but the model takes in_channels=3"):
         train(cfg)  # check-data's one in_channels check, before any folder is made
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tie_in_the_monitor_goes_to_the_lower_validation_loss() -> None:
+    """Defect (lung2, one tumour): the held-out slab scored Dice 0 at every epoch, so `best` stayed
+    the first validated epoch (whole-volume Dice 0.009) although the last (0.085) had a lower
+    validation loss. Equal monitor values are now decided by the validation loss; a higher monitor
+    value still wins whatever the loss, and a monitored loss has no tie-break."""
+    from types import SimpleNamespace
+
+    def run(monitor, rows):
+        stub = SimpleNamespace(cfg=SimpleNamespace(monitor=monitor, early_stop_patience=None),
+                               schedule=SimpleNamespace(validation_result=lambda *a: None),
+                               best_value=-math.inf, best_loss=math.inf, best_epoch=0, bad_validations=0)
+        for epoch, row in enumerate(rows, 1):
+            Trainer._track_best(stub, epoch, row)
+        return stub.best_epoch
+
+    assert run("dice", [{"dice": 0.0, "loss": 0.55}, {"dice": 0.0, "loss": 0.52}, {"dice": 0.0, "loss": 0.53}]) == 2
+    assert run("dice", [{"dice": 0.1, "loss": 0.55}, {"dice": 0.0, "loss": 0.40}]) == 1
+    assert run("dice", [{"dice": 0.2, "loss": 0.55}, {"dice": 0.3, "loss": 0.60}]) == 2
+    assert run("loss", [{"loss": 0.5}, {"loss": 0.5}]) == 1

@@ -140,6 +140,7 @@ class Trainer:
         self.step = 0  # optimiser steps taken
         self.history: list[dict[str, Any]] = []
         self.best_value = -math.inf
+        self.best_loss = math.inf  # breaks ties of the monitor (see _track_best)
         self.best_epoch = 0
         self.bad_validations = 0
         self._improved = False
@@ -443,9 +444,15 @@ class Trainer:
         value = metrics[name]
         score = value if higher else -value
         self.schedule.validation_result(value, higher)
-        self._improved = math.isfinite(score) and score > self.best_value
+        # A tie in the monitor goes to the lower validation loss: a held-out slab with little
+        # foreground can score Dice 0 at every epoch while the model improves, and "best" was then
+        # the first validated epoch.
+        loss = float(metrics.get("loss", math.nan)) if name != "loss" else math.nan
+        tie_won = score == self.best_value and math.isfinite(loss) and loss < self.best_loss
+        self._improved = math.isfinite(score) and (score > self.best_value or tie_won)
         if self._improved:
             self.best_value, self.best_epoch, self.bad_validations = score, epoch, 0
+            self.best_loss = loss if math.isfinite(loss) else math.inf
         else:
             self.bad_validations += 1
         patience = self.cfg.early_stop_patience
@@ -510,7 +517,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "history": self.history,
-            "best_value": self.best_value, "best_epoch": self.best_epoch,
+            "best_value": self.best_value, "best_epoch": self.best_epoch, "best_loss": self.best_loss,
             "bad_validations": self.bad_validations, "rng": rng_state(), "config": self.cfg.to_dict(),
             "channels_last": self.channels_last,
         }
@@ -527,6 +534,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
         self.best_value, self.best_epoch = float(state["best_value"]), int(state["best_epoch"])
+        self.best_loss = float(state.get("best_loss", math.inf))
         self.bad_validations = int(state["bad_validations"])
         set_rng_state(state["rng"])
 
