@@ -90,8 +90,12 @@ def score_run(run_dir: Path, data: Path, test: Path | None) -> dict:
     band_map = _multiotsu_map(train_cases, train_regions, classes) if classes > 2 else None
     rows = []
     for case, box in held:
-        image, labels, instances = _read(case)
-        pred_labels = predictor.predict_array(image).labels[0]
+        image, labels, instances, spacing = _read(case)
+        if box is not None and getattr(predictor, "target_spacing", None) is not None and spacing is not None \
+                and not np.allclose(spacing, predictor.target_spacing, rtol=0.05):
+            raise SystemExit(f"{case.name}: its held-out region is in target-spacing coordinates; "
+                             "scoring a resampled single case is not supported here")
+        pred_labels = predictor.predict_array(image, spacing=spacing).labels[0]
         otsu = _otsu(image, polarity)
         bands = _multiotsu(image, band_map, classes) if band_map is not None else None
         if box is not None:
@@ -116,10 +120,13 @@ def score_run(run_dir: Path, data: Path, test: Path | None) -> dict:
 def _read(case):
     from unetkit.data.io import read_input, read_labels
 
-    image = np.concatenate([read_input(p)[0] for p in case.images])
+    from unetkit.inference.predictor import file_spacing
+
+    read = [read_input(p) for p in case.images]
+    image = np.concatenate([r[0] for r in read])
     truth_labels = read_labels(case.mask, image.ndim - 1)
     instances = read_labels(case.instances, image.ndim - 1) if case.instances is not None else None
-    return image, truth_labels, instances
+    return image, truth_labels, instances, file_spacing(read[0][1])  # spacing: models with a target spacing
 
 
 def _otsu(image: np.ndarray, polarity: str) -> np.ndarray:
@@ -134,7 +141,7 @@ def _otsu_polarity(cases, regions: dict) -> str:
     """bright or dark foreground: whichever Otsu side scores the higher Dice on the training cases."""
     totals = {"bright": [0.0, 0.0], "dark": [0.0, 0.0]}
     for case in cases[:20]:
-        image, labels, _ = _read(case)
+        image, labels, _, _ = _read(case)
         truth = labels > 0
         if case.name in regions:
             sl = tuple(slice(a, b) for a, b in regions[case.name])
@@ -160,7 +167,7 @@ def _multiotsu_map(cases, regions: dict, classes: int) -> list[int]:
 
     counts = np.zeros((classes, classes))
     for case in cases[:20]:
-        image, labels, _ = _read(case)
+        image, labels, _, _ = _read(case)
         if case.name in regions:
             sl = tuple(slice(a, b) for a, b in regions[case.name])
             image, labels = image[(slice(None),) + sl], labels[sl]

@@ -41,6 +41,8 @@ class SegmentationDataset(Dataset):
     cache: keep decoded, normalised arrays in memory after the first read.
     regions: {case name: box} crops that case to the box `[(start, stop), ...]` after normalisation
         (the held-out part of a region split, `unetkit.data.splits.region_split`).
+    target_spacing: 3D: each case is first resampled from its file's spacing to this (D, H, W)
+        spacing (`unetkit.data.volume.resample`: image linear, mask nearest), as `PatchDataset` does.
     """
 
     def __init__(self, source: str | os.PathLike | FolderScan | Sequence[Any], *, names: Sequence[str] | None = None,
@@ -48,7 +50,8 @@ class SegmentationDataset(Dataset):
                  normalize: dict[str, Any] | None = None, num_classes: int | None = None,
                  mask_kind: str = "auto", return_instances: bool = False, weight_map: WeightMap | None = None,
                  spatial_dims: int | None = None, cache: bool = True,
-                 regions: dict[str, Sequence[Sequence[int]]] | None = None, **scan_options: Any) -> None:
+                 regions: dict[str, Sequence[Sequence[int]]] | None = None,
+                 target_spacing: Sequence[float] | None = None, **scan_options: Any) -> None:
         if mask_kind not in MASK_KINDS:
             raise ConfigError(f"mask_kind must be one of {', '.join(MASK_KINDS)}, got {mask_kind!r}")
         cases = _as_cases(source, scan_options)
@@ -72,6 +75,7 @@ class SegmentationDataset(Dataset):
         self.spatial_dims = spatial_dims
         self.cache = cache
         self.regions = dict(regions or {})
+        self.target_spacing = tuple(float(v) for v in target_spacing) if target_spacing is not None else None
         self._cache: dict[int, dict[str, np.ndarray | None]] = {}
         self.mask_kind = mask_kind if mask_kind != "auto" else self._infer_kind()
 
@@ -88,13 +92,24 @@ class SegmentationDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         case = self.cases[index]
-        image = normalize_image(_read_channels(case, self.spatial_dims), self.normalize)
+        image = _read_channels(case, self.spatial_dims)
         labels = read_labels(case.mask, self.spatial_dims)
         if labels.shape != image.shape[1:]:
             raise DataError(f"{case.mask}: size {labels.shape} differs from image {image.shape[1:]}")
+        if self.target_spacing is not None:
+            from unetkit.data.volume import resample
+
+            meta = read_input(case.images[0], self.spatial_dims)[1]
+            spacing = meta.spacing if meta is not None else (1.0,) * len(self.target_spacing)
+            image, labels = resample(image, labels, spacing, self.target_spacing)
+        image = normalize_image(image, self.normalize)  # on the whole image, after resampling
         semantic, instances = to_semantic(labels, self.mask_kind)
         if instances is None and case.instances is not None and (self.return_instances or self.weight_map):
             instances = read_labels(case.instances, self.spatial_dims).astype(np.int32)
+            if instances.shape != semantic.shape:  # resampled to target_spacing above
+                from unetkit.data.volume import resize
+
+                instances = resize(instances[None], semantic.shape, order=0)[0]
         weight = None
         if self.weight_map is not None:
             weight = np.asarray(self.weight_map(semantic, instances), dtype=np.float32)[None]

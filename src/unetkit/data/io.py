@@ -231,11 +231,13 @@ def _read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeMeta]:
     depth = array.shape[len(channel_axes)] if depth_axes else 1
     volume = np.ascontiguousarray(array.reshape(-1, depth, h, w))
     spacing = [1.0, 1.0, 1.0]
+    read = False  # whether the file states a spacing (the Predictor resamples only then)
     try:
         with tifffile.TiffFile(path) as tif:
             meta = tif.imagej_metadata or {}
             if "spacing" in meta:
                 spacing[0] = float(meta["spacing"])
+                read = True
             if meta.get("unit"):
                 tags = tif.pages[0].tags
                 for index, tag in ((1, "YResolution"), (2, "XResolution")):
@@ -243,9 +245,10 @@ def _read_tiff_volume(path: Path) -> tuple[np.ndarray, VolumeMeta]:
                         num, den = tags[tag].value
                         if num:
                             spacing[index] = den / num
+                            read = True
     except Exception:  # metadata is optional; the pixels were read above
         pass
-    return volume, VolumeMeta(spacing=tuple(spacing))
+    return volume, VolumeMeta(spacing=tuple(spacing), extra={"spacing_read": read})
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeMeta]:

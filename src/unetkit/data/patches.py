@@ -109,6 +109,10 @@ class PatchDataset(Dataset):
             found = item["instances"]
             instances = (np.asarray(found, dtype=np.int32) if isinstance(found, np.ndarray)
                          else read_labels(found, self.spatial_dims).astype(np.int32))
+            if instances.shape != semantic.shape:  # the case was resampled to target_spacing
+                from unetkit.data.volume import resize
+
+                instances = resize(instances[None], semantic.shape, order=0)[0]
         weight = None
         if self.weight_map is not None:
             weight = np.asarray(self.weight_map(semantic, instances), dtype=np.float32)[None]

@@ -25,15 +25,33 @@ def resample(image: np.ndarray, labels: np.ndarray | None, spacing: Sequence[flo
 
     The new shape is round(shape * spacing / target); image and labels get the same shape.
     """
-    factors = np.asarray(spacing, dtype=np.float64) / np.asarray(target, dtype=np.float64)
-    if np.allclose(factors, 1.0):
+    new_shape = resampled_shape(image.shape[1:], spacing, target)
+    if new_shape is None:
         return image, labels
-    new_shape = tuple(max(1, int(round(s * f))) for s, f in zip(image.shape[1:], factors))
-    zoom = [n / s for n, s in zip(new_shape, image.shape[1:])]
-    out = np.stack([ndi.zoom(c.astype(np.float32), zoom, order=1, mode="nearest", grid_mode=True) for c in image])
+    out = resize(image, new_shape, order=1)
     if labels is not None:
-        labels = ndi.zoom(labels, zoom, order=0, mode="nearest", grid_mode=True)
+        labels = resize(labels[None], new_shape, order=0)[0]
     return out, labels
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...] | None:
+    """The shape `resample` gives a `shape` at `spacing` at `target`; None when it leaves it unchanged
+    (spacing and target equal to floating-point tolerance)."""
+    factors = np.asarray(spacing, dtype=np.float64)[-len(shape):] / np.asarray(target, dtype=np.float64)
+    if np.allclose(factors, 1.0):
+        return None
+    return tuple(max(1, int(round(s * f))) for s, f in zip(shape, factors))
+
+
+def resize(array: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """Each channel of `array (C, *S)` zoomed to `shape` (order 1: linear, as float32; order 0:
+    nearest, dtype kept). `resample` uses it both ways; the Predictor brings probabilities back
+    to the input's shape with it."""
+    zoom = [n / s for n, s in zip(shape, array.shape[1:])]
+    if order == 0:
+        return np.stack([ndi.zoom(c, zoom, order=0, mode="nearest", grid_mode=True) for c in array])
+    return np.stack([ndi.zoom(c.astype(np.float32), zoom, order=order, mode="nearest", grid_mode=True)
+                     for c in array])
 
 
 class VolumeDataset(PatchDataset):

@@ -145,7 +145,7 @@ def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int 
                        class_names: Sequence[str] | None, options: dict[str, Any]):
     """(case -> predicted labels (*S), num_classes, binary, class names, what the model applies)."""
     if isinstance(source, (list, tuple)) or Path(source).is_file() or _is_run_folder(Path(source)):
-        from unetkit.inference.predictor import Predictor, read_input
+        from unetkit.inference.predictor import Predictor, file_spacing, read_input
 
         predictor = Predictor.load(source, **options)
         if predictor.mode == "multilabel":
@@ -155,8 +155,9 @@ def _prediction_source(source: str | os.PathLike, cases: list, num_classes: int 
         names = list(class_names or predictor.class_names or [])
 
         def predict(case) -> np.ndarray:
-            image = np.concatenate([read_input(p, predictor.spatial_dims)[0] for p in case.images])
-            return predictor.predict_array(image, source=case.images[0]).labels[0]
+            parts = [read_input(p, predictor.spatial_dims) for p in case.images]
+            image = np.concatenate([array for array, _ in parts])
+            return predictor.predict_array(image, source=case.images[0], spacing=file_spacing(parts[0][1])).labels[0]
 
         described = {"models": len(predictor.models), "postprocessing": predictor.postprocessing,
                      "postprocessing_note": predictor.describe_postprocessing()}

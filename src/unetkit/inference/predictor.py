@@ -2,13 +2,21 @@
 
 The model file alone defines the prediction: the architecture and weights, and in its `extra`
 metadata the preprocessing (`preprocess`), `mode` (binary / multiclass / multilabel), `threshold`,
-`class_names`, `patch_size` (default window), `in_channels`, `spacing` and `postprocessing` (a plan
-chosen by cross-validation, see `unetkit.evaluation.postprocess`; applied to the labels).
+`class_names`, `patch_size` (default window), `in_channels`, `spacing`, `target_spacing` and
+`postprocessing` (a plan chosen by cross-validation, see `unetkit.evaluation.postprocess`; applied
+to the labels).
+
+3D models trained at a `target_spacing` (`data.target_spacing`, set by the planner for data of mixed
+spacings): an input with a known spacing (NIfTI, a TIFF with spacing metadata, or
+`predict_array(..., spacing=)`) is resampled to it (`unetkit.data.volume.resample`), predicted, and
+its probabilities are resampled (linear) back to the input's own shape before thresholding or
+argmax, so masks keep the input's geometry. Without a spacing it is predicted at native spacing,
+with a warning.
 
 Ensembles: `Predictor.from_checkpoints([...])` or `Predictor.from_run(cv_run_dir)` average the
 probabilities of several models inside each sliding window (the same windows, blending and TTA as
 one model, so the result equals the mean of the models' probability maps). The models must agree
-on dims, classes, input channels, mode, preprocessing and padding.
+on dims, classes, input channels, mode, preprocessing, target spacing and padding.
 
 Outputs of `predict_file(path, out_dir)`, named by the input's stem:
     out_dir/masks/<stem><suffix>          labels, same format as the input (PNG for PNG/JPEG/BMP; TIFF;
@@ -67,7 +75,7 @@ class Predictor:
                  class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
                  in_channels: int | None = None, blend: str = "gaussian", padding_mode: str = "reflect",
                  source: str = "model", postprocessing: Sequence[dict[str, Any]] | None = None,
-                 postprocessing_source: str | None = None) -> None:
+                 postprocessing_source: str | None = None, target_spacing: Sequence[float] | None = None) -> None:
         from unetkit.devices import resolve_device
         from unetkit.evaluation.postprocess import check_postprocessing
 
@@ -92,6 +100,12 @@ class Predictor:
         self.blend, self.padding_mode = blend, padding_mode
         self.class_names = list(class_names) if class_names else None
         self.spacing = tuple(spacing) if spacing and len(spacing) == self.spatial_dims else None
+        if target_spacing is not None:
+            from unetkit.training.config import check_target_spacing
+
+            check_target_spacing(list(target_spacing), self.spatial_dims, f"{source}: target_spacing")
+        self.target_spacing = tuple(float(v) for v in target_spacing) if target_spacing is not None else None
+        self._warned_native = False  # "no spacing: predicted at native spacing" is said once
         self.source = source
         self.valid_mode = getattr(self.model, "padding", "same") == "valid" and hasattr(self.model, "output_size")
         self.postprocessing = check_postprocessing(postprocessing or [], source)
@@ -125,7 +139,7 @@ class Predictor:
                          batch_size: int = 4, **overrides: Any) -> "Predictor":
         """An ensemble of model files: their probabilities are averaged (one file: `from_checkpoint`).
 
-        The files must agree on dims, classes, input channels, mode, preprocessing and padding (a
+        The files must agree on dims, classes, input channels, mode, preprocessing, target spacing and padding (a
         `CheckpointError` names the files that differ). The window is the first file's patch size
         unless `roi_size` is given; the post-processing is the files' plan when they all store the
         same one (else none).
@@ -143,7 +157,8 @@ class Predictor:
         plans = [s["postprocessing"] for _, s in loaded]
         same_plan = all((p or []) == (plans[0] or []) for p in plans)
         kwargs: dict[str, Any] = {
-            **{k: first[k] for k in ("preprocess", "mode", "threshold", "class_names", "spacing", "in_channels")},
+            **{k: first[k] for k in ("preprocess", "mode", "threshold", "class_names", "spacing", "in_channels",
+                                     "target_spacing")},
             "roi_size": roi_size or first["patch_size"], "overlap": overlap, "tta": tta, "batch_size": batch_size,
             "device": device, "source": ", ".join(str(p) for p in paths),
             "postprocessing": plans[0] if same_plan else None,
@@ -253,11 +268,19 @@ class Predictor:
 
     # ---- arrays -----------------------------------------------------------------------------
     def predict_array(self, image: np.ndarray, source: str | os.PathLike | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> Prediction:
+                      progress: Callable[[int, int], None] | None = None,
+                      spacing: Sequence[float] | None = None) -> Prediction:
         """Predict a channel-first image `(C, *S)` (raw intensities; the model's preprocessing is applied).
 
-        `progress(done, total)` is called after each batch of windows."""
+        `spacing`: the image's voxel spacing (D, H, W); a model with a `target_spacing` predicts at
+        that spacing and returns probabilities and labels in the image's own shape (see the module
+        docstring). `progress(done, total)` is called after each batch of windows."""
         image = self.check_image(np.asarray(image), source)
+        native = self._native_shape(image, spacing, source)
+        if native is not None:
+            from unetkit.data.volume import resample
+
+            image = resample(image, None, spacing, self.target_spacing)[0]
         x = torch.from_numpy(normalize_image(image, self.preprocess))[None]
         size = tuple(x.shape[2:])
         x = self._pad_small(x)
@@ -268,7 +291,35 @@ class Predictor:
             progress=progress or False,
         )[0].numpy()
         probs = probs[(slice(None), *(slice(0, n) for n in size))]
+        if native is not None:  # back to the input's grid before thresholding / argmax (as nnU-Net)
+            from unetkit.data.volume import resize
+
+            probs = resize(probs, native, order=1)
         return Prediction(probs, self.postprocess(self.to_labels(probs)))
+
+    def _native_shape(self, image: np.ndarray, spacing: Sequence[float] | None,
+                      source: str | os.PathLike | None) -> tuple[int, ...] | None:
+        """The input's shape when it must be resampled to the model's target spacing, else None."""
+        if self.target_spacing is None or self.spatial_dims != 3:
+            return None
+        if spacing is None:
+            if not self._warned_native:
+                import warnings
+
+                self._warned_native = True
+                warnings.warn(f"{source or 'image'}: no voxel spacing known (e.g. a TIFF stack without spacing "
+                              f"metadata, or an array without spacing=); predicted at its native spacing, although "
+                              f"the model ({self.source}) was trained at "
+                              f"({', '.join(f'{v:.4g}' for v in self.target_spacing)})",
+                              stacklevel=3)
+            return None
+        if len(spacing) < 3 or any(not float(v) > 0 for v in list(spacing)[-3:]):
+            raise DataError(f"{source or 'image'}: voxel spacing {list(spacing)} must be three positive sizes (D, H, W)")
+        from unetkit.data.volume import resampled_shape
+
+        if resampled_shape(image.shape[1:], list(spacing)[-3:], self.target_spacing) is None:
+            return None
+        return tuple(image.shape[1:])
 
     def postprocess(self, labels: np.ndarray) -> np.ndarray:
         """Apply the model's post-processing plan (class labels `(1, *S)`; multilabel: unchanged)."""
@@ -375,7 +426,8 @@ class Predictor:
                 if target.exists():
                     raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
         image, meta = read_input(path, self.spatial_dims)
-        pred, labels = self.predict_labels(image, source=path, min_size=min_size, fill=fill)
+        pred, labels = self.predict_labels(image, source=path, min_size=min_size, fill=fill,
+                                           spacing=file_spacing(meta))
         result: dict[str, Any] = {"image": path, **outputs}
         if self.mode == "multilabel":
             write_image(outputs["mask"], labels, meta, overwrite=overwrite)
@@ -394,10 +446,10 @@ class Predictor:
         return result
 
     def predict_labels(self, image: np.ndarray, source: str | os.PathLike | None = None, min_size: int = 0,
-                       fill: bool = False, progress: Callable[[int, int], None] | None = None
-                       ) -> tuple[Prediction, np.ndarray]:
+                       fill: bool = False, progress: Callable[[int, int], None] | None = None,
+                       spacing: Sequence[float] | None = None) -> tuple[Prediction, np.ndarray]:
         """`predict_array` then the post-processing of `predict_file`; returns (prediction, labels)."""
-        pred = self.predict_array(image, source=source, progress=progress)
+        pred = self.predict_array(image, source=source, progress=progress, spacing=spacing)
         labels = pred.labels
         if self.mode != "multilabel" and (min_size > 0 or fill):
             from unetkit.evaluation.postprocess import fill_holes, remove_small_objects
@@ -559,7 +611,8 @@ def _load_with_settings(path: str | os.PathLike, device: str) -> tuple[nn.Module
     settings = {"preprocess": extra.get("preprocess"), "mode": extra.get("mode"),
                 "threshold": extra.get("threshold", 0.5), "class_names": extra.get("class_names"),
                 "spacing": extra.get("spacing"), "in_channels": in_channels, "patch_size": extra.get("patch_size"),
-                "postprocessing": extra.get("postprocessing"), "source": str(path)}
+                "postprocessing": extra.get("postprocessing"), "source": str(path),
+                "target_spacing": extra.get("target_spacing")}
     return model, settings
 
 
@@ -570,7 +623,8 @@ def _check_agreement(paths: Sequence[Path], loaded: Sequence[tuple[nn.Module, di
         return {"spatial_dims": int(getattr(model, "spatial_dims", 2)), "num_classes": classes,
                 "in_channels": settings["in_channels"],
                 "mode": settings["mode"] or ("binary" if classes == 1 else "multiclass"),
-                "preprocessing": settings["preprocess"], "padding": getattr(model, "padding", "same")}
+                "preprocessing": settings["preprocess"], "target_spacing": settings.get("target_spacing"),
+                "padding": getattr(model, "padding", "same")}
 
     first = facts(*loaded[0])
     for path, item in zip(paths[1:], loaded[1:]):
@@ -579,7 +633,7 @@ def _check_agreement(paths: Sequence[Path], loaded: Sequence[tuple[nn.Module, di
             if other[key] != value:
                 raise CheckpointError(f"{path}: {key} is {other[key]!r} but {paths[0]} has {value!r}; "
                                       "the models of an ensemble must agree on dims, classes, input channels, "
-                                      "mode, preprocessing and padding")
+                                      "mode, preprocessing, target spacing and padding")
 
 
 def read_input(path: str | os.PathLike, spatial_dims: int) -> tuple[np.ndarray, VolumeMeta | None]:
@@ -596,6 +650,13 @@ def read_input(path: str | os.PathLike, spatial_dims: int) -> tuple[np.ndarray, 
             raise DataError(f"{path}: is a volume of depth {volume.shape[1]}; this model is 2D")
         return volume[:, 0], meta
     return read_image(path), None
+
+
+def file_spacing(meta: VolumeMeta | None) -> tuple[float, ...] | None:
+    """The voxel spacing a file states (NIfTI; a TIFF with spacing metadata), or None when it states none."""
+    if meta is None or meta.extra.get("spacing_read") is False:
+        return None
+    return tuple(meta.spacing)
 
 
 def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

@@ -7,7 +7,10 @@
 
 nnU-Net v2's rules are the baseline (experiment_planning/experiment_planners/default_experiment_planner.py):
 - target spacing: the median spacing; on an anisotropic axis (spacing > 3x the others and few
-  voxels along it) the 10th percentile;
+  voxels along it) the 10th percentile. 3D cases are resampled to it for training and prediction
+  (`data.target_spacing`) when some case's spacing differs from it by more than 5% on an axis;
+  otherwise they are trained as they are. Shapes (the median shape capping the patch, the
+  validation cost) are those in target space, as nnU-Net's;
 - normalisation by modality: CT is clipped to the foreground's 0.5-99.5 percentiles and z-scored
   with the foreground's dataset mean/std; everything else is z-scored per image;
 - patch: a 256^3 (3D) / 2048^2 (2D) voxel budget shaped by the spacing, capped at the median shape;
@@ -27,8 +30,7 @@ and schedule follow from the chosen step time; early stopping is off (the budget
 Anisotropic volumes (3D, spacing differing by 2x or more between axes) get nnU-Net's per-axis
 pooling and kernels (`pool_and_conv_props`): the UNet's `strides` / `kernel_sizes`, so a thick axis
 is pooled (and convolved) only once the in-plane axes have caught up with its spacing. 2D and
-isotropic data pool every axis together. Limitation: data are trained at their native spacing (the
-target spacing is reported, not applied).
+isotropic data pool every axis together.
 """
 from __future__ import annotations
 
@@ -174,14 +176,17 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     add("num_classes", f"{num_classes} ({'binary, sigmoid' if num_classes == 1 else 'softmax'})",
         f"mask labels: {fp.num_classes} classes incl. background ({fp.mask_kind})")
     spacing = target_spacing(fp)
+    resample_to = ([float(f"{v:.6g}") for v in spacing]  # readable in the YAML (NIfTI spacings are float32)
+                   if dims == 3 and needs_resampling(fp, spacing) else None)
     if dims == 3:
         add("target spacing", _fmt(spacing), "nnU-Net: median (10th percentile on a thick anisotropic axis); "
-            "not applied: trained at native spacing")
+            + ("applied (cases differ from it by > 5%): training and prediction resample to it"
+               if resample_to is not None else "every case within 5% of it: trained at native spacing"))
     normalize, why = normalization(fp)
     add("normalisation", normalize["mode"], why)
 
     single = fp.num_cases == 1
-    extent = [float(s) for s in fp.shape_median]
+    extent = [float(s) for s in np.median(case_shapes(fp, resample_to), axis=0)]  # in target space
     val_fraction = 0.2
     if single:  # the training region of a region split
         axis = max(range(dims), key=lambda a: (extent[a], a))
@@ -193,7 +198,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
 
     budget_s = 60 * minutes
     reserve = max(10.0, 0.08 * budget_s) + 1.5 * read_seconds  # data read/checked again by training, start-up
-    val_voxels = _validation_voxels(fp, val_fraction)
+    val_voxels = _validation_voxels(fp, val_fraction, resample_to)
     workers = _workers(dev)
     threads = _price(candidates, dev, probe, budget_s, dims, channels)
     spent = time.monotonic() - started
@@ -283,6 +288,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     d.samples_per_epoch = steps_per_epoch * chosen["batch"]
     d.oversample_foreground = 0.33
     d.normalize = normalize
+    d.target_spacing = [float(v) for v in resample_to] if resample_to is not None else None
     d.augmentation = "default"
     cfg.optim = type(cfg.optim)(**{**cfg.optim.__dict__, **optim})
     cfg.schedule = type(cfg.schedule)(**{**cfg.schedule.__dict__, **schedule})
@@ -312,6 +318,24 @@ def target_spacing(fp: Fingerprint) -> list[float]:
                 t = max(float(target[other].max()), t) + 1e-5
             target[worst] = t
     return [float(v) for v in target]
+
+
+SPACING_TOLERANCE = 0.05  # cases within 5% of the target spacing on every axis are not resampled
+
+
+def needs_resampling(fp: Fingerprint, target: Sequence[float]) -> bool:
+    """Whether some case's spacing differs from `target` by more than SPACING_TOLERANCE on an axis."""
+    spacings = np.array([c["spacing"] for c in fp.cases], dtype=np.float64)
+    return bool(np.any(np.abs(spacings / np.asarray(target, dtype=np.float64) - 1.0) > SPACING_TOLERANCE))
+
+
+def case_shapes(fp: Fingerprint, target: Sequence[float] | None) -> np.ndarray:
+    """`(N, dims)` case shapes, resampled to `target` (as `unetkit.data.volume.resample` rounds) unless None."""
+    shapes = np.array([c["shape"] for c in fp.cases], dtype=np.float64)
+    if target is None:
+        return shapes
+    spacings = np.array([c["spacing"] for c in fp.cases], dtype=np.float64)
+    return np.maximum(1.0, np.round(shapes * spacings / np.asarray(target, dtype=np.float64)))
 
 
 def normalization(fp: Fingerprint) -> tuple[dict[str, Any], str]:
@@ -645,8 +669,8 @@ def choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     return max(enough, key=utility)
 
 
-def _validation_voxels(fp: Fingerprint, fraction: float) -> float:
-    total = sum(float(np.prod(c["shape"])) for c in fp.cases)
+def _validation_voxels(fp: Fingerprint, fraction: float, target: Sequence[float] | None = None) -> float:
+    total = float(np.prod(case_shapes(fp, target), axis=1).sum())
     return fraction * total
 
 

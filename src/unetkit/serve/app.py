@@ -249,7 +249,7 @@ def run_prediction(entry: ServedModel, predictor: Any, path: Path, name: str, su
                    folder: Path, job: Job) -> dict[str, Any]:
     """Read the upload, predict and measure it (in a worker thread); the result is kept in memory."""
     from unetkit.evaluation.measure import count_objects, write_objects_csv
-    from unetkit.inference.predictor import read_input
+    from unetkit.inference.predictor import file_spacing, read_input
 
     try:
         image, meta = read_input(path, predictor.spatial_dims)
@@ -264,7 +264,7 @@ def run_prediction(entry: ServedModel, predictor: Any, path: Path, name: str, su
 
     try:
         _, labels = predictor.predict_labels(image, source=name, min_size=opts.min_size, fill=opts.fill_holes,
-                                             progress=progress)
+                                             progress=progress, spacing=file_spacing(meta))
     except DataError as err:  # wrong channels or dims for this model
         raise RequestProblem(422, relabel_error(err, path, name)) from None
     multilabel = predictor.mode == "multilabel"

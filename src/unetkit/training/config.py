@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import yaml
 
 from unetkit.errors import ConfigError
@@ -41,6 +42,7 @@ class DataConfig:
     patch_size: list = field(default_factory=lambda: [256, 256])
     augmentation: Union[str, dict] = "default"  # none | light | default | heavy | a config dict
     normalize: dict = field(default_factory=lambda: {"mode": "percentile", "lower": 1.0, "upper": 99.8})
+    target_spacing: Optional[list] = None  # 3D: (D, H, W) voxel spacing every case is resampled to; None: native
     batch_size: int = 8
     num_workers: int = -1  # -1: automatic
     weight_map: bool = False  # the original U-Net boundary weight maps
@@ -136,6 +138,7 @@ class TrainConfig:
             if not ok:
                 value = _get(self, name)
                 raise ConfigError(f"'{name}' must be {want}, got {value!r}")
+        check_target_spacing(self.data.target_spacing, self.model.spatial_dims)
         resolve_device(self.device)
         return self
 
@@ -184,6 +187,20 @@ class TrainConfig:
                 raise ConfigError(f"unknown config field '{key}' in override '{item}'")
             node[parts[-1]] = yaml.safe_load(raw)
         return TrainConfig.from_dict(data)
+
+
+def check_target_spacing(value: Any, spatial_dims: int, where: str = "data.target_spacing") -> None:
+    """None, or (3D only) three positive voxel sizes (D, H, W); else a ConfigError naming `where`."""
+    if value is None:
+        return
+    if spatial_dims != 3:
+        raise ConfigError(f"'{where}' applies to 3D data only (model.spatial_dims is {spatial_dims}); "
+                          f"remove it or set it to null, got {value!r}")
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in value)
+    if not ok:
+        raise ConfigError(f"'{where}' must be three positive voxel sizes (D, H, W), e.g. [3.0, 0.8, 0.8], "
+                          f"or null (train at native spacing); got {value!r}")
 
 
 def _get(config: Any, dotted: str) -> Any:

@@ -285,7 +285,7 @@ def predict_validation(where: Path, base: TrainConfig) -> dict[str, Any]:
     from unetkit.data.io import read_labels, suffix_of, write_mask
     from unetkit.data.masks import to_semantic
     from unetkit.data.splits import get_fold
-    from unetkit.inference.predictor import Predictor, read_input
+    from unetkit.inference.predictor import Predictor, file_spacing, read_input
     from unetkit.metrics import MetricAccumulator
 
     data, dims = base.data, base.model.spatial_dims
@@ -302,7 +302,7 @@ def predict_validation(where: Path, base: TrainConfig) -> dict[str, Any]:
     for case in val.cases:
         parts = [read_input(p, dims) for p in case.images]
         image = np.concatenate([array for array, _ in parts])
-        labels = predictor.predict_array(image, source=case.images[0]).labels
+        labels = predictor.predict_array(image, source=case.images[0], spacing=file_spacing(parts[0][1])).labels
         path = out / f"{case.name}{suffix_of(predictor.output_paths(case.images[0], out)['mask'])}"
         write_mask(path, labels, parts[0][1], overwrite=True)  # our own output (a rerun after a crash)
         truth = to_semantic(read_labels(case.mask, dims), val.mask_kind)[0]

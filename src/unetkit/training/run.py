@@ -201,7 +201,8 @@ def folder_datasets(config: TrainConfig, images: Path, masks: Path | None, run_d
     if not resuming:
         save_splits(splits_path, split, seed=config.seed, overwrite=True, source=str(images), fold=data.fold)
 
-    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": mask_kind}
+    common = {"normalize": data.normalize, "num_classes": num_classes, "mask_kind": mask_kind,
+              "target_spacing": data.target_spacing}  # 3D: both sets resampled (validation Dice in target space)
     transform = _augmentation(config)
     weight = _weight_map_fn(config)
     # patches with foreground oversampling, 2D and 3D: an epoch is samples_per_epoch patches
@@ -217,19 +218,23 @@ def region_datasets(config: TrainConfig, source: Any, name: str, shape: Any, met
     """One image or volume (a folder of one case, or a single-image sample dataset) split by region:
     random patches from the training region, the held-out slab (`val_fraction` of one axis, holding
     its share of the foreground when `mask` is given; see `unetkit.data.splits.region_split`)
-    validated whole."""
+    validated whole. With `data.target_spacing` the boxes are in the resampled volume's coordinates
+    (its shape and mask are read through the same `PatchDataset` resampling)."""
     from unetkit.data.patches import PatchDataset, WholeCases
     from unetkit.data.splits import region_split, save_splits
 
     data = config.data
+    common = {"normalize": data.normalize, "num_classes": max(2, config.model.num_classes),
+              "mask_kind": mask_kind or data.mask_kind, "target_spacing": data.target_spacing}
     if regions is None:
+        if data.target_spacing is not None:  # split the volume the patches will be drawn from
+            resampled = PatchDataset(source, data.patch_size, names=[name], length=1, **common).volume(0)
+            shape, mask = resampled["mask"].shape[1:], resampled["mask"][0] > 0
         split = region_split(shape, data.val_fraction, mask)
         regions = {"train": {name: split["train"]}, "val": {name: split["val"]}}
         if splits_path is not None:
             save_splits(splits_path, {"train": [name], "val": [name], "regions": regions}, seed=config.seed,
                         overwrite=True, source=str(images), kind_detail="region")
-    common = {"normalize": data.normalize, "num_classes": max(2, config.model.num_classes),
-              "mask_kind": mask_kind or data.mask_kind}
     train_set = _patches(config, source, [name], _augmentation(config), _weight_map_fn(config),
                          regions=regions["train"], **common)
     val_set = WholeCases(PatchDataset(source, data.patch_size, names=[name], regions=regions["val"], length=1,

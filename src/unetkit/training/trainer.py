@@ -544,7 +544,10 @@ class Trainer:
         mode = "binary" if cfg.model.num_classes == 1 else "multiclass"
         return {"preprocess": cfg.data.normalize, "num_classes": cfg.model.num_classes, "mode": mode,
                 "threshold": 0.5, "in_channels": cfg.model.in_channels, "spatial_dims": cfg.model.spatial_dims,
-                "patch_size": list(cfg.data.patch_size), "epoch": self.epoch, **self.extra_meta}
+                "patch_size": list(cfg.data.patch_size), "epoch": self.epoch,
+                **({"target_spacing": [float(v) for v in cfg.data.target_spacing]}  # predictors resample to it
+                   if cfg.data.target_spacing is not None else {}),
+                **self.extra_meta}
 
     def report(self, stopped_early: bool) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
