@@ -13,14 +13,15 @@ stay fp32; activations between layers are channels-last (the layout the oneDNN k
 model's output is returned contiguous. CPU only.
 
 Where it helps: oneDNN runs these convolutions with AVX-512 VNNI / AMX int8 instructions where the
-CPU has them (recent Xeons), which is where it is measured faster than torch fp32
-(benchmarks/bench_quant3d.py, bench_quant_demo.py). On AVX2-only CPUs it may not be faster: run the
-benchmark on the target CPU and let it decide. The ONNX Runtime path (`quantize_int8`) is the
-alternative where these ops are missing.
+CPU has them (recent Xeons); that is where it can beat torch fp32. Only the convolutions get
+faster: norms, activations, concatenation and transposed convs cost what they cost in fp32 (plus
+one fp32 -> uint8 quantisation of each conv input), so the whole-network gain is smaller than the
+per-conv one and grows with the width of the network. On AVX2-only CPUs it may not be faster at
+all. Measure on the target CPU (benchmarks/bench_quant3d.py, bench_quant_demo.py) and let that
+decide. Where torch lacks these ops, use the ONNX Runtime path (`quantize_int8`).
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import warnings
@@ -191,6 +192,8 @@ def _observe(model: nn.Module, names: list[str], batches: Iterable[Any], method:
              seed: int = 0) -> dict[str, tuple[float, float]]:
     """(lo, hi) of each named conv's input over the batches: min / max, or the mean over batches
     of the [100 - PERCENTILE, PERCENTILE] percentiles (within the observed min / max)."""
+    if isinstance(batches, (np.ndarray, torch.Tensor)):  # one (N, C, *S) array, not a list of batches
+        batches = [batches]
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, dict[str, list[float]]] = {n: {"min": [], "max": [], "plo": [], "phi": []} for n in names}
 
@@ -279,8 +282,9 @@ def quantize_torch_int8(model: nn.Module, calibration_batches: Iterable[Any],
 
     Args:
         model: an fp32 model (the original is untouched).
-        calibration_batches: real patches (N, C, *S), normalised as for the model: arrays, tensors,
-            (image, target) pairs or dicts with "image". A few dozen patches are enough.
+        calibration_batches: an iterable of batches of real patches (N, C, *S), normalised as for the
+            model: arrays, tensors, (image, target) pairs or dicts with "image"; or one such array.
+            A few dozen patches are enough.
         calibration: input ranges from the observed "minmax" or the "percentile" (0.01 .. 99.99 %).
 
     The returned module keeps the model's attributes (spatial_dims, num_classes, unetkit_config...)
