@@ -199,3 +199,25 @@ def test_cli_export_int8_torch_then_predict(tmp_path) -> None:
                               "--roi", "32", "--no-overlay"])
     assert res.exit_code == 0, res.output
     assert list((tmp_path / "pred" / "masks").iterdir())
+
+
+@needs_onednn
+def test_cpu_without_vnni_gets_7bit_weights(monkeypatch, tmp_path) -> None:
+    """Without VNNI / AMX, u8 x s8 pair sums saturate at 16 bits for 8-bit weights: use -63..63."""
+    model = _tiny_unet(2, "batch")
+    calib = [torch.rand(2, 1, 32, 32)]
+    monkeypatch.setattr(onednn_int8, "cpu_has_int8_dot_product", lambda: False)
+    q = quantize_torch_int8(model, calib)
+    codes = torch.cat([q.get_submodule(n).weight_int8.flatten() for n in q.int8_layers]).int()
+    assert int(codes.abs().max()) == 63 and q.int8_record["weight_levels"] == 63
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        out, ref = q(x), _reference_model(q)(x.double())
+    assert float((out.double() - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    monkeypatch.setattr(onednn_int8, "cpu_has_int8_dot_product", lambda: True)
+    q8 = quantize_torch_int8(model, calib)
+    assert int(torch.cat([q8.get_submodule(n).weight_int8.flatten() for n in q8.int8_layers]).abs().max()) == 127
+    path = save_model_int8(q8, tmp_path / "q8.safetensors")
+    monkeypatch.setattr(onednn_int8, "cpu_has_int8_dot_product", lambda: False)
+    with pytest.warns(RuntimeWarning, match="saturate"):  # an 8-bit file loaded on such a CPU
+        unetkit.load_model(path)

@@ -7,7 +7,8 @@
 Every `nn.Conv2d` / `nn.Conv3d` (zero padding) becomes an `Int8Conv`: it quantises its input to
 uint8 per tensor (range calibrated by observing that conv's input on real patches) and runs
 `torch.ops.onednn.qconv_pointwise` with int8 weights (symmetric, one scale per output channel,
-levels -127..127) and fp32 bias, producing fp32 output. BatchNorm that directly follows a conv is
+levels -127..127; -63..63 on CPUs without VNNI / AMX int8, whose u8 x s8 pair sums saturate at 16
+bits otherwise) and fp32 bias, producing fp32 output. BatchNorm that directly follows a conv is
 folded into it first. Transposed convs, norms, activations, pooling, upsampling and concatenation
 stay fp32; activations between layers are channels-last (the layout the oneDNN kernels take), the
 model's output is returned contiguous. CPU only.
@@ -66,6 +67,22 @@ def onednn_int8_available() -> str | None:
     return None
 
 
+def cpu_has_int8_dot_product() -> bool:
+    """True when the CPU has VNNI or AMX int8 (u8 x s8 dot products into 32 bits; read from
+    /proc/cpuinfo). Without them oneDNN's int8 kernels add u8 x s8 pairs in 16 bits, which
+    saturates for 8-bit weights; False where it cannot be told (weights then use 7 bits)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def _require_onednn() -> None:
     reason = onednn_int8_available()
     if reason is not None:
@@ -108,12 +125,12 @@ class Int8Conv(nn.Module):
         self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int64))
         self._packed: tuple | None = None
 
-    def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """int8 symmetric per-output-channel codes of an fp32 `weight` (scale max|w| / 127)."""
+    def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None, levels: int = 127) -> None:
+        """int8 symmetric per-output-channel codes of an fp32 `weight` (scale max|w| / levels)."""
         w = weight.detach().float().cpu()
-        scale = w.reshape(w.shape[0], -1).abs().amax(dim=1) / 127.0
+        scale = w.reshape(w.shape[0], -1).abs().amax(dim=1) / float(levels)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero channel stays zero
-        q = torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))).clamp(-127, 127)
+        q = torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))).clamp(-levels, levels)
         self.weight_int8.copy_(q.to(torch.int8))
         self.weight_scale.copy_(scale)
         if self.bias is not None:
@@ -300,11 +317,13 @@ def quantize_torch_int8(model: nn.Module, calibration_batches: Iterable[Any],
     if not names:
         raise ConfigError(f"{type(model).__name__} has no zero-padded Conv2d / Conv3d to quantise to int8")
     ranges = _observe(qmodel, names, calibration_batches, calibration)
+    levels = 127 if cpu_has_int8_dot_product() else 63
     convs = {n: qmodel.get_submodule(n) for n in names}
     for n, layer in _swap_in(qmodel, names).items():
-        layer.set_weight(convs[n].weight, convs[n].bias)
+        layer.set_weight(convs[n].weight, convs[n].bias, levels)
         layer.set_input_range(*ranges[n])
-    record = {"scheme": INT8_SCHEME, "layers": names, "folded_batchnorm": folded, "calibration": calibration}
+    record = {"scheme": INT8_SCHEME, "layers": names, "folded_batchnorm": folded, "calibration": calibration,
+              "weight_levels": levels}
     return _finish(qmodel, names, record)
 
 
@@ -341,6 +360,10 @@ def int8_model_from_state(model: nn.Module, state: dict[str, torch.Tensor], reco
     if record.get("scheme") != INT8_SCHEME:
         raise ValueError(f"unknown quantization scheme {record.get('scheme')!r}")
     _require_onednn()
+    if int(record.get("weight_levels", 127)) > 63 and not cpu_has_int8_dot_product():
+        warnings.warn("this int8 model has 8-bit weights, made for a CPU with VNNI / AMX int8; this CPU has "
+                      "neither, so its int8 sums may saturate: re-quantise it here (quantize_torch_int8 then "
+                      "uses 7-bit weights) or check its accuracy", RuntimeWarning, stacklevel=3)
     qmodel = _prepare(model)[0] if record.get("folded_batchnorm") else model.eval()
     names = list(record["layers"])
     for n in names:
