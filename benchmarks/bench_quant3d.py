@@ -4,6 +4,8 @@ against fp32, on the pyradiomics-lesions CT pair: train a small stride U-Net on 
     python benchmarks/bench_quant3d.py                       # train (~300 steps), then the table
     python benchmarks/bench_quant3d.py --steps 20 --quick    # smoke test (the Dice means nothing)
     python benchmarks/bench_quant3d.py --checkpoint m.safetensors   # skip training
+    python benchmarks/bench_quant3d.py --checkpoint RUN/best.safetensors --test TESTDIR --calibrate-on TRAINDIR
+        # a model trained by `unetkit train` on a folder of volumes, scored on a separate labelled folder
 
 Rows: torch fp32 (eager), ONNX Runtime fp32, ONNX Runtime int8 (QDQ, per-channel weights,
 calibrated on lung2 patches), torch oneDNN int8 (`quantize_torch_int8`, same patches, saved
@@ -95,6 +97,49 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * inter / total)
 
 
+def folder_table(args: argparse.Namespace) -> int:
+    """The same rows on a model trained by `unetkit train` (its own preprocessing and patch), scored
+    on a separate labelled folder: mean class Dice pooled over the test volumes."""
+    from unetkit.data.folder import scan_folder
+    from unetkit.data.io import read_input, read_labels
+    from unetkit.inference.predictor import Predictor
+
+    fp32 = Predictor.from_checkpoint(args.checkpoint, device="cpu")
+    model, spec, patch = fp32.model, fp32.preprocess, tuple(fp32.roi_size)
+
+    def read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        pairs = scan_folder(folder).pairs
+        images = np.stack([normalize_image(read_input(c.images[0], 3)[0].astype(np.float32), spec) for c in pairs])
+        return images, np.stack([read_labels(c.mask, 3) for c in pairs]).astype(np.int64)
+
+    images, masks = read(args.test)
+    train_images, train_masks = read(args.calibrate_on)
+    rng = np.random.default_rng(1)
+    calib = []
+    for i in range(args.calibration):
+        k = int(rng.integers(len(train_images)))
+        start = [int(rng.integers(0, s - p + 1)) for p, s in zip(patch, train_images.shape[2:])]
+        calib.append(train_images[(k, slice(None), *(slice(a, a + p) for a, p in zip(start, patch)))])
+    calib = np.stack(calib)
+    classes = max(2, int(fp32.num_classes) if fp32.num_classes > 1 else 2)
+
+    def score(logits: torch.Tensor) -> float:
+        pred = (logits[:, 0] > 0).long().numpy() if logits.shape[1] == 1 else logits.argmax(1).numpy()
+        return float(np.mean([dice(pred == k, masks == k) for k in range(1, classes)]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_file = Path(tmp) / "fp32.safetensors"
+        unetkit.save_model(model, fp32_file, extra={"preprocess": spec})
+        rows = quantised_rows(model, fp32_file, (1, images.shape[1], *patch),
+                              [calib[i:i + 2] for i in range(0, len(calib), 2)], "unetkit-q3d-")
+    x = torch.from_numpy(images)
+    compare(rows, lambda predictor: sliding_window_inference(x, predictor, patch, overlap=0.25, batch_size=2),
+            args.repeats, score,
+            f"3D int8 / 4-bit vs fp32: {args.checkpoint} on held-out {args.test} ({len(images)} x "
+            f"{tuple(images.shape[2:])}), windows {patch}, mean class Dice pooled")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
@@ -104,8 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", type=int, default=16, help="calibration patches from lung2")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="crop the test volume (smoke test)")
+    ap.add_argument("--test", type=Path, default=None,
+                    help="with --checkpoint: score this labelled folder of volumes (all the same shape) "
+                         "instead of lung1, calibrating on --calibrate-on")
+    ap.add_argument("--calibrate-on", type=Path, default=None, help="with --test: the model's training folder")
     args = ap.parse_args(argv)
     print(cpu_summary())
+    if args.test is not None:
+        if not (args.checkpoint and args.calibrate_on):
+            sys.exit("--test needs --checkpoint and --calibrate-on")
+        return folder_table(args)
     if args.checkpoint:
         model = unetkit.load_model(args.checkpoint)
     else:
