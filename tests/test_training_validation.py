@@ -93,6 +93,24 @@ def test_region_split_of_one_compact_object_cuts_through_it() -> None:
     assert hi - lo == best[3] <= mask.shape[best[1]] // 2
 
 
+def test_region_split_does_not_hold_out_a_sliver_of_the_only_object() -> None:
+    """brain1 of pyradiomics-lesions: the 20% end slab x 205..256 touched only the last columns of
+    the one tumour (x 162..208), so validation scored a few boundary columns (Dice 0 every epoch)
+    while the model reached Dice 0.67 on the training part. A slab holding under half of
+    val_fraction of the foreground now gives way to the grown slab holding val_fraction of it."""
+    mask = np.zeros((25, 256, 256), bool)
+    mask[11:17, 84:153, 162:209] = True  # the tumour's box; the far x slab holds 4 of its 47 columns
+    split = region_split(mask.shape, 0.2, mask)
+    val = tuple(slice(a, b) for a, b in split["val"])
+    train = tuple(slice(a, b) for a, b in split["train"])
+    share = mask[val].sum() / mask.sum()
+    assert 0.2 <= share < 1 and mask[train].any()  # old code: 4/47 = 0.085
+    # objects all over the image: the plain 20% slab is kept (its share is close to 20%)
+    spread = np.zeros((40, 100), bool)
+    spread[:, ::10] = True
+    assert region_split(spread.shape, 0.2, spread)["val"] == [[0, 40], [80, 100]]
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_single_image_or_volume_folder_validates_on_a_held_out_region(tmp_path, dims: int) -> None:
     shape = _single_case_folder(tmp_path / "data", dims)

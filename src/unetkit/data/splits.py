@@ -99,10 +99,12 @@ def region_split(shape: Sequence[int], val_fraction: float = 0.2, mask: np.ndarr
     image of width W is split at x = round(W * (1 - val_fraction)), as the demo does. With `mask`
     (the labels, `*S`), validation must measure something and training must see objects: among
     both ends of every axis, the slab of `val_fraction` whose share of the foreground is closest to
-    `val_fraction` while leaving foreground on both sides. When no slab of that size holds any
-    foreground (one compact object in the middle: a tumour in a CT volume), the slab grows, up to
-    half the axis, until it holds `val_fraction` of the foreground (or as much as it can while
-    training keeps some); the smallest such slab wins. The default slab only when even that fails.
+    `val_fraction` while leaving foreground on both sides. When no slab of that size holds at least
+    half of `val_fraction` of the foreground (one compact object: a tumour in the middle of a CT
+    volume touches no end slab, or only a sliver of its edge), the slab grows, up to half the axis,
+    until it holds `val_fraction` of the foreground (or as much as it can while training keeps
+    some); the smallest such slab wins. Validating on a few boundary columns of the only object
+    measures noise. The default slab only when even that fails.
     Returns `{"axis", "side": "far" | "near", "train": box, "val": box}`, boxes `[[start, stop], ...]`
     per spatial axis (half-open).
     """
@@ -126,7 +128,7 @@ def region_split(shape: Sequence[int], val_fraction: float = 0.2, mask: np.ndarr
                 shares = np.cumsum(profile[::-1] if side == "far" else profile) / total
                 share = float(shares[n - 1])
                 if 0 < share < 1 and (best is None or abs(share - val_fraction) < best[0] - 1e-9):
-                    best = (abs(share - val_fraction), axis, side, n)
+                    best = (abs(share - val_fraction), axis, side, n, share)
                 # the smallest longer slab (up to half the axis) holding val_fraction of the foreground
                 limit = max(n, int(shape[axis] * MAX_REGION_FRACTION))
                 ok = [k + 1 for k in range(n - 1, limit) if shares[k] < 1 and shares[k] >= val_fraction]
@@ -136,8 +138,9 @@ def region_split(shape: Sequence[int], val_fraction: float = 0.2, mask: np.ndarr
                     key = (not ok, length / shape[axis])  # reaching val_fraction first, then the thinnest
                     if grown is None or key < grown[0]:
                         grown = (key, axis, side, length)
-        if best is not None:
-            choice = best[1:]
+        sliver = best is not None and best[4] < val_fraction / 2
+        if best is not None and not (sliver and grown is not None and not grown[0][0]):
+            choice = best[1:4]
         elif grown is not None:
             choice = grown[1:]
     axis, side, n_val = choice
