@@ -23,7 +23,6 @@ decide. Where torch lacks these ops, use the ONNX Runtime path (`quantize_int8`)
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -35,7 +34,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unetkit.errors import ConfigError, UnsupportedError
-from unetkit.io.atomic import atomic_path
 from unetkit.models.layers import InstanceNorm
 
 INT8_SCHEME = "int8-onednn-static"
@@ -333,25 +331,14 @@ def save_model_int8(qmodel: nn.Module, path: str | os.PathLike, extra: dict[str,
     input quantisers and every fp32 tensor, metadata key `quantization` (scheme int8-onednn-static).
     `load_model(path)` rebuilds the int8 model, so `unetkit predict` runs it. `extra` defaults to
     the metadata the fp32 model was loaded with (preprocessing etc.)."""
-    from safetensors.torch import save_file
-
-    from unetkit import __version__
-    from unetkit.io.checkpoint import FORMAT, _json, model_record
+    from unetkit.io.checkpoint import save_model
 
     record = getattr(qmodel, "int8_record", None)
     if record is None:
         raise ConfigError(f"{type(qmodel).__name__} is not a quantize_torch_int8 model")
-    arch, config = model_record(qmodel)
     if extra is None:
         extra = dict(getattr(qmodel, "unetkit_meta", {}).get("extra", {}) or {})
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in qmodel.state_dict().items()}
-    metadata = {"format": FORMAT, "arch": arch, "config": _json(config, f"config of '{arch}'"),
-                "extra": _json(extra, "extra"), "unetkit_version": __version__, "torch_version": torch.__version__,
-                "quantization": json.dumps(record, sort_keys=True)}
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
+    return save_model(qmodel, path, extra=extra, overwrite=overwrite, quantization=record)
 
 
 def int8_model_from_state(model: nn.Module, state: dict[str, torch.Tensor], record: dict[str, Any]) -> nn.Module:

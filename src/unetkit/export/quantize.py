@@ -26,7 +26,6 @@ model runs in fp32.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -273,19 +272,9 @@ def save_model_4bit(model: nn.Module, path: str | os.PathLike, group_size: int |
     """Write `model` as a 4-bit weight-only unetkit model file (see the module docstring);
     `load_model(path)` returns the dequantised fp32 model. `extra` defaults to the metadata the
     model was loaded with (preprocessing etc.), so a predictor treats the file like the original."""
-    from safetensors.torch import save_file
+    from unetkit.io.checkpoint import save_model
 
-    from unetkit import __version__
-    from unetkit.io.checkpoint import FORMAT, _json, model_record
-
-    arch, config = model_record(model)
     if extra is None:
         extra = dict(getattr(model, "unetkit_meta", {}).get("extra", {}) or {})
     tensors, record = quantize_state_4bit(model.state_dict(), group_size)
-    metadata = {"format": FORMAT, "arch": arch, "config": _json(config, f"config of '{arch}'"),
-                "extra": _json(extra, "extra"), "unetkit_version": __version__, "torch_version": torch.__version__,
-                "quantization": json.dumps(record, sort_keys=True)}
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
+    return save_model(model, path, extra=extra, overwrite=overwrite, state=tensors, quantization=record)

@@ -46,8 +46,12 @@ def _json(value: Any, what: str) -> str:
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
-               overwrite: bool = False) -> Path:
-    """Write `model` (weights + arch + config + `extra`) to a `.safetensors` file, atomically."""
+               overwrite: bool = False, *, state: dict[str, torch.Tensor] | None = None,
+               quantization: dict[str, Any] | None = None) -> Path:
+    """Write `model` (weights + arch + config + `extra`) to a `.safetensors` file, atomically.
+
+    The quantised writers (`save_model_4bit`, `save_model_int8`) pass their own tensors as `state`
+    and their `quantization` record (stored as metadata; `load_model` reads it back)."""
     from unetkit import __version__
 
     arch, config = model_record(model)
@@ -59,7 +63,11 @@ def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] 
         "unetkit_version": __version__,
         "torch_version": torch.__version__,
     }
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if quantization is not None:
+        metadata["quantization"] = json.dumps(quantization, sort_keys=True)
+    if state is None:
+        state = model.state_dict()
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         save_file(state, str(tmp), metadata=metadata)
