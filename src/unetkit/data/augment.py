@@ -297,7 +297,7 @@ def _ratio(spacing: np.ndarray, a: int, b: int) -> float:
 
 
 def _warp_nd(image: np.ndarray, labels: list[np.ndarray], ops: dict[str, dict[str, Any]],
-             rng: np.random.Generator, spacing: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+             rng: np.random.Generator, spacing: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """Affine (rotation about each axis, scale, shift) and elastic deformation in one resampling.
 
     `spacing` (relative, finest axis 1): rotations are physical (voxel coordinates scaled to mm,
@@ -309,7 +309,6 @@ def _warp_nd(image: np.ndarray, labels: list[np.ndarray], ops: dict[str, dict[st
         return image, labels
     shape = image.shape[1:]
     ndim = len(shape)
-    spacing = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     centre = (np.array(shape) - 1) / 2
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
     coords = grid.reshape(ndim, -1) - centre[:, None]
