@@ -164,7 +164,13 @@ class Int8Conv(nn.Module):
         packed, x_scale, x_zp, w_zp = self._prepared()
         fmt = torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
         x = x.float().contiguous(memory_format=fmt)
-        qx = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8).int_repr()
+        if torch.compiler.is_compiling():
+            # the same affine uint8 map written out (ONNX QuantizeLinear: round half to even, then
+            # saturate), which inductor fuses into the pass computing x (norm + activation);
+            # quantize_per_tensor makes a quantized tensor, which would break the graph here
+            qx = torch.clamp(torch.round(x / x_scale) + x_zp, 0, 255).to(torch.uint8)
+        else:
+            qx = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8).int_repr()
         return torch.ops.onednn.qconv_pointwise(
             qx, x_scale, x_zp, packed, self.weight_scale, w_zp, self.bias, self.stride, self.padding,
             self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], "")
