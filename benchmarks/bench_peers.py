@@ -2,7 +2,9 @@
 
 Models (per table):
   3D: unetkit `unet` (down_mode='stride', instance norm, leaky ReLU, conv biases: nnU-Net's
-      PlainConvUNet layer for layer) eager and with its fast path, nnU-Net `PlainConvUNet`,
+      PlainConvUNet layer for layer) eager and with its fast path (`optimize_for_inference`: for
+      inference torch.compile with freezing where its probe finds it faster and equal, as
+      `Predictor(fast=True)` / `unetkit predict --fast` run it), nnU-Net `PlainConvUNet`,
       MONAI `DynUNet` (same kernels/strides/widths, no residual blocks); with --resenc also
       unetkit `resenc-unet` against nnU-Net `ResidualEncoderUNet`.
   2D: the same at 256^2 (2D widths), plus MONAI `BasicUNet` (5 levels, max-pool: nearest in kind).
@@ -160,7 +162,10 @@ def build_cases(dims: int, size: int, batch: int, features: tuple[int, ...], cla
             if fast:
                 m = optimize_for_inference(net, x, channels_last="auto")
                 fn = (lambda m=m: m(x))
-                note_i = note + ", " + ("channels-last" if m.channels_last else "default layout") + ", inference_mode"
+                note_i = (note + ", " + ("channels-last" if m.channels_last else "default layout") + ", inference_mode, "
+                          + ("torch.compile (probe: faster and equal)" if m.info["compiled"]
+                             else f"eager ({m.info['compile_note']})"))
+                log(f"{label}: {m.info}")
             else:
                 fn, note_i = _infer(net, x), note
             out = fn()

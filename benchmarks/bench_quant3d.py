@@ -7,9 +7,11 @@ against fp32, on the pyradiomics-lesions CT pair: train a small stride U-Net on 
     python benchmarks/bench_quant3d.py --checkpoint RUN/best.safetensors --test TESTDIR --calibrate-on TRAINDIR
         # a model trained by `unetkit train` on a folder of volumes, scored on a separate labelled folder
 
-Rows: torch fp32 (eager), ONNX Runtime fp32, ONNX Runtime int8 (QDQ, per-channel weights,
+Rows: torch fp32 (eager), torch fp32 fast (`optimize_for_inference`: torch.compile with
+freezing where its probe finds it faster and equal), ONNX Runtime fp32, ONNX Runtime int8 (QDQ, per-channel weights,
 calibrated on lung2 patches), torch oneDNN int8 (`quantize_torch_int8`, same patches, saved
-and reloaded as a model file), 4-bit weight-only (group 32 and per channel; dequantised to fp32
+and reloaded as a model file), the same int8 model through `optimize_for_inference` (compiled:
+norm + activation + the next conv's uint8 quantisation fused into one pass), 4-bit weight-only (group 32 and per channel; dequantised to fp32
 at load, so its speed is fp32's: no runtime here executes 4-bit convolutions). Dice is
 computed on the whole held-out volume after sliding-window inference (same windows for
 every row); times are the sliding-window pass, interleaved rounds, medians. Timings on a
@@ -131,7 +133,8 @@ def folder_table(args: argparse.Namespace) -> int:
         fp32_file = Path(tmp) / "fp32.safetensors"
         unetkit.save_model(model, fp32_file, extra={"preprocess": spec})
         rows = quantised_rows(model, fp32_file, (1, images.shape[1], *patch),
-                              [calib[i:i + 2] for i in range(0, len(calib), 2)], "unetkit-q3d-")
+                              [calib[i:i + 2] for i in range(0, len(calib), 2)], "unetkit-q3d-",
+                              fast_batch=(2, images.shape[1], *patch))
     x = torch.from_numpy(images)
     compare(rows, lambda predictor: sliding_window_inference(x, predictor, patch, overlap=0.25, batch_size=2),
             args.repeats, score,
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32_file = Path(tmp) / "fp32.safetensors"
         unetkit.save_model(model, fp32_file, extra={"preprocess": SPEC})
         rows = quantised_rows(model, fp32_file, (1, 1, *PATCH), [calib[i:i + 2] for i in range(0, len(calib), 2)],
-                              "unetkit-q3d-")
+                              "unetkit-q3d-", fast_batch=(2, 1, *PATCH))
     x = torch.from_numpy(image)[None]
     compare(rows, lambda predictor: sliding_window_inference(x, predictor, PATCH, overlap=0.25, batch_size=2),
             args.repeats, lambda logits: dice(logits.argmax(1)[0].numpy(), mask),

@@ -54,14 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def quantised_rows(model, model_file: Path, example_shape: tuple, calib, prefix: str) -> list[tuple]:
+def quantised_rows(model, model_file: Path, example_shape: tuple, calib, prefix: str,
+                   fast_batch: tuple | None = None) -> list[tuple]:
     """(name, predictor, file bytes) for torch fp32, ONNX Runtime fp32 and int8 QDQ (calibrated on
     `calib`), torch oneDNN int8 (same calibration; saved, reloaded; skipped where oneDNN int8
-    is missing), and 4-bit weights (group 32 and per channel, dequantised at load)."""
+    is missing), and 4-bit weights (group 32 and per channel, dequantised at load).
+    `fast_batch` (the shape of the window batches the rows will be run on): also the fp32 and
+    int8 models through `optimize_for_inference` (torch.compile kept where its probe finds it
+    faster and equal on that shape)."""
     from unetkit.export.onnx import OnnxPredictor, export_onnx
+    from unetkit.export.optimize import optimize_for_inference
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
     rows = [("torch fp32", model, os.path.getsize(model_file))]
+    if fast_batch is not None:
+        fast = optimize_for_inference(model, fast_batch, channels_last="auto")
+        print(f"[bench] fp32 fast: {fast.info}", file=sys.stderr)
+        rows.append(("torch fp32 fast (optimize_for_inference)", fast, os.path.getsize(model_file)))
     export_onnx(model, work / "fp32.onnx", example_shape, dynamic_spatial=True)
     rows.append(("ONNX Runtime fp32", OnnxPredictor(work / "fp32.onnx"), os.path.getsize(work / "fp32.onnx")))
     t0 = time.perf_counter()
@@ -74,6 +83,10 @@ def quantised_rows(model, model_file: Path, example_shape: tuple, calib, prefix:
         path = save_model_int8(quantize_torch_int8(model, calib), work / "int8-torch.safetensors")
         print(f"[bench] torch int8 calibration: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         rows.append(("torch oneDNN int8", unetkit.load_model(path), os.path.getsize(path)))
+        if fast_batch is not None:  # between int8 convs every map is channels-last
+            fast = optimize_for_inference(rows[-1][1], fast_batch, channels_last=True)
+            print(f"[bench] int8 fast: {fast.info}", file=sys.stderr)
+            rows.append(("torch oneDNN int8 fast (optimize_for_inference)", fast, os.path.getsize(path)))
     else:
         print(f"[bench] no torch oneDNN int8 row: {reason}", file=sys.stderr)
     for group in (32, None):
