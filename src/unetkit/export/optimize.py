@@ -9,8 +9,9 @@
 - `to_channels_last(model)`: NHWC / NDHWC weights, which oneDNN (CPU) and cuDNN (tensor cores)
   run faster than the default layout.
 - `optimize_for_inference(...)` -> `InferenceModel`: the above + `torch.inference_mode` +
-  `torch.compile` (inductor with weight freezing) where it helps (CUDA; opt-in on CPU), with an
-  eager fallback; on CUDA mixed precision (fp16/bf16 autocast) and channels-last by default.
+  `torch.compile` (inductor with weight freezing) where a probe finds it equal and faster (CUDA;
+  3D models on the CPU, decision cached), with an eager fallback; on CUDA mixed precision
+  (fp16/bf16 autocast) and channels-last by default.
 - `prepare_for_training(model)`: channels-last (+ optional compile) for the training step.
 
 Measured figures for the classic U-Net are in BENCHMARKS.md at the repository root.
@@ -149,7 +150,7 @@ def probe_channels_last(model: nn.Module, example: torch.Tensor | Sequence[int],
         return False
     if min_gflops > 0:
         gflops = _example_gflops(model, shape)
-        if gflops is not None and gflops < CPU_COMPILE_MIN_GFLOPS:
+        if gflops is not None and gflops < min_gflops:
             return len(shape) == 4
     key = _layout_key(model, shape, train)
     if cache:
@@ -373,8 +374,8 @@ def optimize_for_inference(
             and prepacks the conv weights); its decision is cached per machine, threads, torch,
             model and shape like `probe_channels_last`'s (a cached "eager" skips compiling). 2D
             CPU models stay eager: no gain over BN folding + channels-last was measured there,
-            for ~20 s of warm-up. A compiled model runs compiled on `example`'s per-sample shape
-            (other batch sizes in chunks of its batch, the last padded) and eager on any other.
+            for ~20 s of warm-up. The model "auto" compiled runs compiled on `example`'s per-sample
+            shape (other batch sizes in chunks of its batch, the last padded) and eager on others.
         channels_last: NHWC/NDHWC weights and inputs; "auto": on CUDA yes, on the CPU as
             `probe_channels_last` measures on `example` (cached per machine and model).
         fold_bn: fold conv -> BatchNorm pairs.
@@ -470,7 +471,7 @@ def optimize_for_inference(
                 info["compile_note"] = "compiled not faster than eager on the example: eager kept"
                 return wrapped
     wrapped._call = compiled
-    if example is not None:
+    if compile == "auto" and example is not None:  # decided for this shape: keep it to this shape
         wrapped.compiled_shape = tuple(int(v) for v in example.shape)
     info["compiled"] = True
     info["compile_note"] = "inductor, freezing=True" + (" (CPU probe)" if probe_key is not None else "")
