@@ -196,3 +196,28 @@ def test_real_compile_fp32_and_int8_match_eager(probe_env, monkeypatch) -> None:
     # a rounding flip moves a value one step: equal to eager int8 within the quantisation noise
     assert (got - want).abs().max() <= 5e-2 * max(1.0, float(want.abs().max()))
     assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.98
+
+
+def test_cli_predict_fast_matches_plain(probe_env, monkeypatch, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from unetkit.cli.main import app
+    from unetkit.data.io import VolumeMeta, read_volume, write_image
+
+    calls = _fake_compile(monkeypatch)
+    _timer(monkeypatch, eager_s=1.0, compiled_s=0.5)
+    model_file = tmp_path / "m.safetensors"
+    unetkit.save_model(_unet3d(), model_file, extra={"preprocess": {"mode": "zscore"}, "patch_size": [16, 16, 16]})
+    image = np.random.default_rng(0).normal(size=(20, 18, 24)).astype(np.float32)
+    write_image(tmp_path / "in" / "case.nii.gz", image[None], VolumeMeta(spacing=(1.0, 1.0, 1.0)))
+    outs = {}
+    for name, extra in (("plain", []), ("fast", ["--fast"])):
+        result = CliRunner().invoke(app, ["predict", str(model_file), str(tmp_path / "in"), "--out",
+                                          str(tmp_path / name), "--no-overlay", "--probabilities", "--device", "cpu",
+                                          *extra])
+        assert result.exit_code == 0, result.output
+        outs[name] = {p.parent.name: read_volume(p)[0] for p in (tmp_path / name).rglob("*.nii.gz")}
+    assert calls  # --fast ran the (fake-)compiled model
+    assert set(outs["fast"]) == set(outs["plain"]) and outs["fast"]
+    for kind, arr in outs["plain"].items():
+        np.testing.assert_allclose(outs["fast"][kind], arr, atol=1e-5)
