@@ -175,3 +175,28 @@ def test_trainer_amp_auto_on_cpu_follows_the_probe_and_resume_keeps_it(tmp_path,
     assert losses[-1] < losses[0]
     off = train(tiny_config(tmp_path, name="fp32", epochs=1, device="cpu", amp="off"))
     assert json.loads((off.run_dir / "report.json").read_text())["precision"] == "fp32"
+
+
+def test_bf16_autocast_training_computes_the_loss_in_fp32(tmp_path, monkeypatch) -> None:
+    """Under CPU autocast the network runs in bf16, but the loss (a sum over every pixel) gets fp32
+    logits; before, Dice + CE were summed in bf16."""
+    import unetkit.training.trainer as trainer_mod
+    from test_training import tiny_config
+
+    from unetkit.training import train
+
+    dtypes: list = []
+    build = trainer_mod.build_loss
+
+    def recording(config, model):
+        loss = build(config, model)
+
+        def call(outputs, masks, *rest):
+            dtypes.append(outputs.dtype)
+            return loss(outputs, masks, *rest)
+        return call
+
+    monkeypatch.setattr(trainer_mod, "build_loss", recording)
+    result = train(tiny_config(tmp_path, name="on", epochs=1, device="cpu", amp="on"))
+    assert json.loads((result.run_dir / "report.json").read_text())["precision"] == "bf16"
+    assert dtypes and set(dtypes) == {torch.float32}

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from unetkit.data.loader import make_loader
 from unetkit.errors import ConfigError, DataError, Interrupted, TrainingError
-from unetkit.export.optimize import (channels_last_input, memory_format_for, prepare_for_training,
+from unetkit.export.optimize import (_map_outputs, channels_last_input, memory_format_for, prepare_for_training,
                                      probe_channels_last, probe_cpu_autocast, to_channels_last)
 from unetkit.io.checkpoint import save_model
 from unetkit.models import create_model
@@ -395,13 +395,16 @@ class Trainer:
         weight = weight.to(self.device, non_blocking=True) if weight is not None else None
         self._check_labels(masks, batch)
         no_sync = self.net.no_sync if (self.dist.enabled and not sync) else contextlib.nullcontext
-        with no_sync(), torch.autocast(self.device.type, enabled=self.amp):
-            outputs = self.net(images)
+        with no_sync():
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs = self.net(images)
+            if self.amp:  # the losses sum over every voxel: in fp32, not in the autocast dtype (bf16 on the CPU)
+                outputs = _map_outputs(outputs, lambda t: t.float())
             masks, weight = _crop_targets(outputs, masks, weight)
             loss = self.loss_fn(outputs, masks, weight) if weight is not None else self.loss_fn(outputs, masks)
             auxiliary = getattr(self.model, "auxiliary_loss", None)  # a model's own extra task (UNet 3+ CGM)
             extra = auxiliary(masks, getattr(self.loss_fn, "ignore_index", None)) if auxiliary else None
-            loss = loss + extra if extra is not None else loss
+            loss = loss + extra.float() if extra is not None else loss
         if torch.isfinite(loss):
             self.scaler.scale(loss / self.cfg.accumulate).backward()
         return float(loss.detach())
