@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 import unetkit
 from unetkit.export.benchmark import Case, max_abs_diff, run_interleaved
-from unetkit.export.optimize import optimize_for_inference, prepare_for_training
+from unetkit.export.optimize import (cpu_bf16_supported, optimize_for_inference, prepare_for_training,
+                                     probe_cpu_autocast)
 from unetkit.models.nnunet_import import nnunet_to_unetkit
 from unetkit.models.summary import count_flops, count_parameters
 
@@ -99,15 +100,18 @@ def _monai(kind: str, dims: int, features: tuple[int, ...], classes: int) -> nn.
 
 
 # ---- cases --------------------------------------------------------------------------------------
-def _train_step(model: nn.Module, call: Callable, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
+def _train_step(model: nn.Module, call: Callable, x: torch.Tensor, y: torch.Tensor,
+                bf16: bool = False) -> Callable[[], Any]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> Any:
         opt.zero_grad(set_to_none=True)
-        out = call(x)
-        F.cross_entropy(out, y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = call(x)
+            loss = F.cross_entropy(out.float(), y)
+        loss.backward()
         opt.step()
-        return out.detach()
+        return out.detach().float()
 
     return step
 
@@ -145,6 +149,8 @@ def build_cases(dims: int, size: int, batch: int, features: tuple[int, ...], cla
             nets.append((f"nnU-Net {type(peer).__name__}", peer, ""))
         nets.append((f"unetkit {ours_label}", ours, f"nnU-Net {type(peer).__name__}" if peer is not None else ""))
         nets.append((f"unetkit {ours_label} fast", ours, f"unetkit {ours_label}"))
+        if cpu_bf16_supported():  # mixed precision, as the Trainer's amp 'auto' runs it where its probe says so
+            nets.append((f"unetkit {ours_label} bf16", ours, f"unetkit {ours_label}"))
     for kind in ("dynunet",) + (("basicunet",) if dims == 2 else ()):
         net = _monai(kind, dims, features, classes)
         if net is None:
@@ -155,7 +161,7 @@ def build_cases(dims: int, size: int, batch: int, features: tuple[int, ...], cla
     cases: list[Case] = []
     outputs: dict[tuple[str, str], Any] = {}
     for label, net, ref in nets:
-        fast = label.endswith(" fast")
+        fast, bf16 = label.endswith(" fast"), label.endswith(" bf16")
         gflops = count_flops(copy.deepcopy(net).eval(), (1, 1, *([size] * dims))) / 1e9
         note = f"{count_parameters(net) / 1e6:.2f}M params"
         if infer:
@@ -166,6 +172,11 @@ def build_cases(dims: int, size: int, batch: int, features: tuple[int, ...], cla
                           + ("torch.compile (probe: faster and equal)" if m.info["compiled"]
                              else f"eager ({m.info['compile_note']})"))
                 log(f"{label}: {m.info}")
+            elif bf16:
+                m = optimize_for_inference(net, x, channels_last="auto", precision="bf16")
+                fn = (lambda m=m: m(x))
+                note_i = (note + ", bf16 autocast (opt-in for inference: not equal to fp32)"
+                          + (", torch.compile (probe)" if m.info["compiled"] else ""))
             else:
                 fn, note_i = _infer(net, x), note
             out = fn()
@@ -174,12 +185,16 @@ def build_cases(dims: int, size: int, batch: int, features: tuple[int, ...], cla
             cases.append(Case(f"{label} | infer", "infer", fn, gflops, note_i, diff, warmed=True))
         if train:
             m = copy.deepcopy(net).train()
-            if fast:
+            if fast or bf16:
                 call = prepare_for_training(m, channels_last="auto", example=x)
                 note_t = note + f", {getattr(call, 'unetkit_layout', 'channels-last auto')}"
             else:
                 call, note_t = m, note
-            step = _train_step(m, call, x, y)
+            if bf16:
+                chosen = probe_cpu_autocast(m, tuple(x.shape), train=True,
+                                            channels_last=getattr(call, "unetkit_layout", "") == "channels-last")
+                note_t += f", bf16 autocast (the Trainer's probe {'chooses' if chosen else 'does not choose'} it here)"
+            step = _train_step(m, call, x, y, bf16=bf16)
             out = step()  # warm-up step from the shared starting weights
             outputs[("train", label)] = out
             diff = max_abs_diff(out, outputs[("train", ref)]) if ref and ("train", ref) in outputs else None

@@ -205,3 +205,28 @@ def test_fast_device_gets_nnunet_scale_slow_device_gets_small_patches(tmp_path, 
                       and c["features"] == p.config.model.kwargs["features"])
         assert p.config.epochs * p.config.data.samples_per_epoch / p.config.data.batch_size * chosen["step_s"] \
             <= 60 * p.budget_minutes
+
+
+@pytest.mark.parametrize("supported,faster,row", [(True, True, "bf16 mixed"), (True, False, "fp32"),
+                                                  (False, True, "fp32")])
+def test_plan_states_the_precision_the_trainer_will_use(tmp_path, monkeypatch, supported, faster, row) -> None:
+    import unetkit.export.optimize as optimize
+    import unetkit.planning.planner as planner
+
+    monkeypatch.setattr(planner, "_time", lambda c, *a, **k: 0.01 * c["flops"] / 1e8)  # no step timing here
+    monkeypatch.setattr(optimize, "cpu_bf16_supported", lambda: supported)
+    asked: list = []
+
+    def probe(model, example, train=True, channels_last=False):
+        asked.append((model.unetkit_config["features"], tuple(example)))
+        return faster
+
+    monkeypatch.setattr(optimize, "probe_cpu_autocast", probe)
+    monkeypatch.setattr(optimize, "probe_channels_last", lambda model, example, **k: True)
+    _rgb_folder(tmp_path / "d")
+    p = plan(tmp_path / "d", budget="5m", device="cpu")
+    line = next(r for r in p.table().splitlines() if r.startswith("precision"))
+    assert row in line
+    cfg = p.config  # the probe saw the model and batch the Trainer will build
+    assert asked == ([(cfg.model.kwargs["features"], (min(cfg.data.batch_size, 2), 3, *cfg.data.patch_size))]
+                     if supported else [])

@@ -100,3 +100,103 @@ def test_channels_last_3d_training_step_equals_default_layout() -> None:
     assert abs(losses[0] - losses[1]) < 1e-5
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5), n
+
+
+def _fake_precision_timer(times: dict[bool, float], calls: list):
+    """A `_time_once` stand-in: runs the step, reports a fixed time per precision (bf16 or not)."""
+
+    def time_once(fn) -> float:
+        fn()
+        bf16 = fn.__defaults__[2] is torch.bfloat16  # (m, xi, dtype) defaults
+        calls.append(bf16)
+        return times[bf16]
+
+    return time_once
+
+
+@pytest.mark.parametrize("bf16_time,expected", [(0.5, True), (0.85, False)])
+def test_cpu_autocast_probe_decides_by_measurement_and_caches(bf16_time, expected, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("UNETKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(optimize, "_LAYOUT_CACHE", {})
+    monkeypatch.setattr(optimize, "cpu_bf16_supported", lambda: True)
+    calls: list = []
+    monkeypatch.setattr(optimize, "_time_once", _fake_precision_timer({False: 1.0, True: bf16_time}, calls))
+    model = unetkit.create_model("unet", in_channels=2, features=(4, 8), norm="instance")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # 0.85 s against 1.0 s is faster, but not by the 1.25x that mixed precision must earn
+    assert optimize.probe_cpu_autocast(model, (1, 2, 16, 16), repeats=2, min_gflops=0) is expected
+    assert sorted(calls) == [False, False, True, True]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p.grad is not None for p in model.parameters())
+    stored = json.loads((tmp_path / "layout_probe.json").read_text())
+    assert [v for k, v in stored.items() if "bf16-autocast" in k] == [expected]
+    monkeypatch.setattr(optimize, "_LAYOUT_CACHE", {})  # a fresh process reads the file
+    calls.clear()
+    assert optimize.probe_cpu_autocast(model, (1, 2, 16, 16), repeats=2, min_gflops=0) is expected
+    assert calls == []
+
+
+def test_cpu_autocast_probe_never_runs_where_bf16_cannot_pay(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("UNETKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(optimize, "_LAYOUT_CACHE", {})
+    monkeypatch.setattr(optimize, "_time_once", lambda fn: pytest.fail("must not be timed"))
+    model = unetkit.create_model("unet", in_channels=1, features=(4, 8))
+    monkeypatch.setattr(optimize, "cpu_bf16_supported", lambda: False)  # e.g. an AVX2-only CPU
+    assert optimize.probe_cpu_autocast(model, (1, 1, 64, 64), min_gflops=0) is False
+    monkeypatch.setattr(optimize, "cpu_bf16_supported", lambda: True)
+    assert optimize.probe_cpu_autocast(model, (1, 1, 16, 16)) is False  # under min_gflops: not worth it
+
+
+def test_trainer_amp_auto_on_cpu_follows_the_probe_and_resume_keeps_it(tmp_path, monkeypatch) -> None:
+    """amp 'auto' on the CPU trains in bf16 autocast where the probe says so (the loss still goes
+    down on real images), records it, and a resume stays in the precision it started in."""
+    import unetkit.training.trainer as trainer_mod
+    from test_training import CrashAt, tiny_config
+
+    from unetkit.errors import Interrupted
+    from unetkit.training import train
+
+    seen: list = []
+
+    def probe(model, example, train=True, channels_last=False):
+        seen.append(tuple(example))
+        return True
+
+    monkeypatch.setattr(trainer_mod, "probe_cpu_autocast", probe)
+    cfg = tiny_config(tmp_path, name="bf16", epochs=4, device="cpu")
+    with pytest.raises(Interrupted):
+        train(cfg, callbacks=[CrashAt(epoch=3, step=5)])  # mid-epoch 3 (2 steps per epoch)
+    assert seen == [(2, 1, 48, 48)]
+    monkeypatch.setattr(trainer_mod, "probe_cpu_autocast", lambda *a, **k: pytest.fail("a resume must not re-probe"))
+    result = train(None, resume=tmp_path / "bf16")
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["precision"] == "bf16"
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    off = train(tiny_config(tmp_path, name="fp32", epochs=1, device="cpu", amp="off"))
+    assert json.loads((off.run_dir / "report.json").read_text())["precision"] == "fp32"
+
+
+def test_bf16_autocast_training_computes_the_loss_in_fp32(tmp_path, monkeypatch) -> None:
+    """Under CPU autocast the network runs in bf16, but the loss (a sum over every pixel) gets fp32
+    logits; before, Dice + CE were summed in bf16."""
+    import unetkit.training.trainer as trainer_mod
+    from test_training import tiny_config
+
+    from unetkit.training import train
+
+    dtypes: list = []
+    build = trainer_mod.build_loss
+
+    def recording(config, model):
+        loss = build(config, model)
+
+        def call(outputs, masks, *rest):
+            dtypes.append(outputs.dtype)
+            return loss(outputs, masks, *rest)
+        return call
+
+    monkeypatch.setattr(trainer_mod, "build_loss", recording)
+    result = train(tiny_config(tmp_path, name="on", epochs=1, device="cpu", amp="on"))
+    assert json.loads((result.run_dir / "report.json").read_text())["precision"] == "bf16"
+    assert dtypes and set(dtypes) == {torch.float32}

@@ -132,6 +132,73 @@ def _layout_key(model: nn.Module, shape: Sequence[int], train: bool) -> str:
             f"torch={torch.__version__}|{digest}|{tuple(int(s) for s in shape)}|{'train' if train else 'infer'}")
 
 
+def _forward_gflops(model: nn.Module, shape: Sequence[int]) -> float | None:
+    """Forward GFLOPs of `model` on a batch of `shape` (None when the meta-device count fails)."""
+    from unetkit.models.summary import count_flops
+
+    try:
+        with torch.device("meta"):
+            meta = copy.deepcopy(model).to("meta")
+        return count_flops(meta, (1, *shape[1:])) * shape[0] / 1e9
+    except Exception:  # no meta kernel for some op: measure
+        return None
+
+
+def _cached_probe(key: str, measure: Callable[[], bool], cache: bool) -> bool:
+    """A probe's decision: from memory, else `$UNETKIT_CACHE/layout_probe.json`, else `measure()`
+    (then stored in both; a read-only home keeps it in memory only)."""
+    if cache:
+        known = _cached_decision(key)
+        if known is not None:
+            return known
+    decision = bool(measure())
+    _store_decision(key, decision, persist=cache)
+    return decision
+
+
+def _faster(model: nn.Module, shape: Sequence[int], train: bool, candidate: dict[str, Any], repeats: int,
+            margin: float, baseline: dict[str, Any] | None = None) -> bool:
+    """Whether `candidate` (channels_last: bool, autocast: dtype | None) runs a training step's
+    forward + backward (`train`) or an inference forward of copies of `model` on random data of
+    `shape` faster than `baseline` (default: fp32 in the default layout) by `margin`: each variant
+    warmed up, then `repeats` interleaved rounds, medians. The global RNG is restored."""
+    import statistics
+
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(tuple(shape), generator=gen).to(device)
+        runs = []
+        for variant in (baseline or {"channels_last": False, "autocast": None}, candidate):
+            m = copy.deepcopy(model).to(device)
+            m.train(train)
+            cl, dtype = bool(variant.get("channels_last")), variant.get("autocast")
+            if cl:
+                to_channels_last(m)
+            xi = channels_last_input(x) if cl else x
+
+            def run(m: nn.Module = m, xi: torch.Tensor = xi, dtype: torch.dtype | None = dtype) -> None:
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    if train:
+                        out = m(xi)
+                        loss = sum(o.float().square().mean()
+                                   for o in (out if isinstance(out, (list, tuple)) else [out]))
+                    else:
+                        with torch.inference_mode():
+                            m(xi)
+                if train:
+                    loss.backward()
+                    m.zero_grad(set_to_none=True)
+
+            run()  # warm-up (oneDNN primitive creation)
+            runs.append((run, []))
+        for _ in range(max(1, repeats)):
+            for run, times in runs:
+                times.append(_time_once(run))
+    t_default, t_candidate = (statistics.median(times) for _, times in runs)
+    return t_candidate < (1.0 - margin) * t_default
+
+
 def probe_channels_last(model: nn.Module, example: torch.Tensor | Sequence[int], train: bool = True,
                         repeats: int = 3, cache: bool = True, margin: float = 0.03,
                         min_gflops: float = 1.0) -> bool:
@@ -148,48 +215,39 @@ def probe_channels_last(model: nn.Module, example: torch.Tensor | Sequence[int],
     shape = tuple(example.shape) if isinstance(example, torch.Tensor) else tuple(example)
     if len(shape) not in (4, 5):
         return False
-    if min_gflops > 0:
-        gflops = _example_gflops(model, shape)
-        if gflops is not None and gflops < min_gflops:
-            return len(shape) == 4
-    key = _layout_key(model, shape, train)
-    if cache:
-        known = _cached_decision(key)
-        if known is not None:
-            return known
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn(shape, generator=gen).to(device)
-        runs = {}
-        for cl in (False, True):
-            m = copy.deepcopy(model).to(device)
-            m.train(train)
-            if cl:
-                to_channels_last(m)
-            xi = channels_last_input(x) if cl else x
+    if min_gflops > 0 and (_forward_gflops(model, shape) or min_gflops) < min_gflops:
+        return len(shape) == 4
+    return _cached_probe(_layout_key(model, shape, train),
+                         lambda: _faster(model, shape, train, {"channels_last": True}, repeats, margin), cache)
 
-            def run(m: nn.Module = m, xi: torch.Tensor = xi) -> None:
-                if train:
-                    out = m(xi)
-                    loss = sum(o.float().square().mean() for o in (out if isinstance(out, (list, tuple)) else [out]))
-                    loss.backward()
-                    m.zero_grad(set_to_none=True)
-                else:
-                    with torch.inference_mode():
-                        m(xi)
 
-            run()  # warm-up (oneDNN primitive creation)
-            runs[cl] = (run, [])
-        for _ in range(max(1, repeats)):
-            for cl, (run, times) in runs.items():
-                times.append(_time_once(run))
-    import statistics
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN bf16 convolutions (AVX-512 BF16 / AMX, or oneDNN's AVX-512
+    emulation); on AVX2-only CPUs bf16 is emulated slowly and never probed."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
-    t_default, t_cl = (statistics.median(runs[c][1]) for c in (False, True))
-    decision = t_cl < (1.0 - margin) * t_default
-    _store_decision(key, decision, persist=cache)
-    return decision
+
+def probe_cpu_autocast(model: nn.Module, example: torch.Tensor | Sequence[int], train: bool = True,
+                       channels_last: bool = False, repeats: int = 3, cache: bool = True, margin: float = 0.2,
+                       min_gflops: float = 1.0) -> bool:
+    """Whether bf16 autocast (mixed precision: bf16 convolutions and matmuls, fp32 weights, norms,
+    losses and optimiser) runs `model` on the CPU at least 1 / (1 - `margin`) times as fast as fp32
+    (1.25x by default), measured as `probe_channels_last` measures a layout (same cache, same
+    rules), in the layout the model will run in. CPUs with native bf16 (AMX, AVX-512 BF16) run it
+    2-2.5x faster (BENCHMARKS.md); on others it is slower or not supported and stays off. Models
+    under `min_gflops` forward GFLOPs on `example` stay fp32 without measuring."""
+    shape = tuple(example.shape) if isinstance(example, torch.Tensor) else tuple(example)
+    if len(shape) not in (4, 5) or next(model.parameters()).device.type != "cpu" or not cpu_bf16_supported():
+        return False
+    if min_gflops > 0 and (_forward_gflops(model, shape) or min_gflops) < min_gflops:
+        return False
+    key = _layout_key(model, shape, train) + f"|bf16-autocast|cl={int(channels_last)}"
+    candidate = {"channels_last": channels_last, "autocast": torch.bfloat16}
+    baseline = {"channels_last": channels_last, "autocast": None}
+    return _cached_probe(key, lambda: _faster(model, shape, train, candidate, repeats, margin, baseline), cache)
 
 
 def _cached_decision(key: str) -> bool | None:
@@ -228,18 +286,6 @@ def _store_decision(key: str, decision: bool, persist: bool = True) -> None:
             tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
     except OSError:  # read-only home: keep the in-memory decision
         pass
-
-
-def _example_gflops(model: nn.Module, shape: Sequence[int]) -> float | None:
-    """Forward GFLOPs of `model` on a batch of `shape` (None when it cannot be counted on meta)."""
-    from unetkit.models.summary import count_flops
-
-    try:
-        with torch.device("meta"):
-            meta = copy.deepcopy(model).to("meta")
-        return count_flops(meta, (1, *shape[1:])) * shape[0] / 1e9
-    except Exception:  # no meta kernel for some op
-        return None
 
 
 # ---- compile ------------------------------------------------------------------------------------
@@ -489,7 +535,7 @@ def _cpu_compile_unsuitable(model: nn.Module, example: torch.Tensor | None) -> s
         return "no example to probe compile on"
     if spatial_dims_of(model) != 3:
         return "on CPU compile is probed for 3D models; 2D measured no faster than BN folding + channels-last"
-    gflops = _example_gflops(model, tuple(example.shape))
+    gflops = _forward_gflops(model, tuple(example.shape))
     if gflops is not None and gflops < CPU_COMPILE_MIN_GFLOPS:
         return f"{gflops:.2g} GFLOP on the example: too small to repay a compile"
     return None

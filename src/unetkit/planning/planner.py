@@ -263,6 +263,14 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
         schedule = {"name": "cosine", "warmup_epochs": warmup}
         add("optimiser", f"AdamW lr {lr:g}, cosine, warm-up {warmup:g} epoch(s)",
             f"{total} steps: a short run converges faster with Adam and a larger rate, decayed to 0 by the end")
+    model_kwargs = {"features": list(chosen["features"]), "norm": chosen["norm"], "deep_supervision": True}
+    if chosen.get("strides") is not None:  # anisotropic: nnU-Net's per-axis pooling and kernels
+        model_kwargs["strides"] = [list(v) for v in chosen["strides"]]
+        model_kwargs["kernel_sizes"] = [list(v) for v in chosen["kernel_sizes"]]
+    if probe and dev == "cpu":
+        add("precision", *_cpu_precision(dims, channels, num_classes, model_kwargs, chosen, threads))
+    elif dev.startswith("cuda"):
+        add("precision", "mixed (autocast)", "AMP on CUDA (nnU-Net)")
     add("loss", "Dice + CE, deep supervision", "nnU-Net")
     add("sampling", f"{steps_per_epoch * chosen['batch']} patches/epoch, 1/3 on foreground",
         "nnU-Net: an epoch is a fixed number of iterations; foreground oversampling")
@@ -273,10 +281,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     cfg = TrainConfig()
     cfg.model.name, cfg.model.spatial_dims = "unet", dims
     cfg.model.in_channels, cfg.model.num_classes = channels, num_classes
-    cfg.model.kwargs = {"features": list(chosen["features"]), "norm": chosen["norm"], "deep_supervision": True}
-    if chosen.get("strides") is not None:  # anisotropic: nnU-Net's per-axis pooling and kernels
-        cfg.model.kwargs["strides"] = [list(v) for v in chosen["strides"]]
-        cfg.model.kwargs["kernel_sizes"] = [list(v) for v in chosen["kernel_sizes"]]
+    cfg.model.kwargs = model_kwargs
     d = cfg.data
     d.images = str(Path(data).resolve())
     d.masks = str(Path(masks).resolve()) if masks is not None else None
@@ -300,6 +305,29 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     cfg.threads = threads
     result = Plan(cfg, fp, reasons, candidates, minutes, dev, seconds=time.monotonic() - started)
     return result
+
+
+def _cpu_precision(dims: int, channels: int, num_classes: int, kwargs: dict[str, Any], chosen: dict[str, Any],
+                   threads: int | None) -> tuple[str, str]:
+    """The plan's precision row: what the Trainer's amp 'auto' will run the chosen model in on this
+    CPU (the same probes, so the Trainer finds their cached answers)."""
+    from unetkit.export.optimize import cpu_bf16_supported, probe_channels_last, probe_cpu_autocast
+    from unetkit.models import create_model
+
+    if not cpu_bf16_supported():
+        return "fp32", "this CPU has no oneDNN bf16 (AMX / AVX-512): mixed precision would be slower"
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        model = create_model("unet", spatial_dims=dims, in_channels=channels, num_classes=num_classes, **kwargs)
+        example = (min(chosen["batch"], 2), channels, *chosen["patch"])
+        bf16 = probe_cpu_autocast(model, example, train=True, channels_last=probe_channels_last(model, example))
+    finally:
+        torch.set_num_threads(before)
+    if bf16:
+        return "bf16 mixed", "a probe step ran >= 1.25x faster in bf16 autocast than in fp32 (fp32 weights); amp=off for fp32"
+    return "fp32", "bf16 autocast measured less than 1.25x faster here"
 
 
 # ---- nnU-Net's rules ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Step-timing probe: how long one training step of a candidate configuration takes on this device.
 
 `time_step(candidate, ...)` builds the candidate's model, loss and optimiser exactly as the Trainer
-does (channels-last for 2D, AMP on CUDA), runs one warm-up step and then a few timed steps on random
+does (channels-last for 2D, AMP on CUDA, bf16 autocast on a CPU where its probe says so), runs one warm-up step and then a few timed steps on random
 data, and returns seconds per optimiser step. `time_augmentation` measures the data side: one
 augmented patch. Both are cheap on small candidates; the planner times only a few candidates and
 predicts the others from their FLOPs (`unetkit.models.summary.model_flops`).
@@ -37,6 +37,7 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
                batch: int, device: str, norm: str, deep_supervision: bool, steps: int, max_seconds: float,
                strides: Sequence[Sequence[int]] | None = None,
                kernel_sizes: Sequence[Sequence[int]] | None = None) -> float:
+    from unetkit.export.optimize import probe_cpu_autocast
     from unetkit.losses import DeepSupervisionLoss, create_loss
     from unetkit.models import create_model
 
@@ -59,7 +60,8 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
     y = (torch.rand(batch, 1, *patch, device=dev) > 0.7).long()
     if num_classes > 1:
         y = torch.randint(0, num_classes, (batch, 1, *patch), device=dev)
-    amp = dev.type == "cuda"
+    amp = dev.type == "cuda" or (dev.type == "cpu" and probe_cpu_autocast(
+        model, (min(batch, 2), in_channels, *patch), train=True, channels_last=channels_last))  # as the Trainer
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
 
     def step() -> None:

@@ -250,6 +250,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
                 pass
         if base is list and isinstance(value, (list, tuple)):
             return list(value)
+        if base is str and isinstance(value, bool):  # YAML 1.1 reads on / off (amp, channels_last) as booleans
+            return "on" if value else "off"
         if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
             return value
     raise ConfigError(f"'{where}' expects {getattr(hint, '__name__', str(hint))}, got {value!r}")
