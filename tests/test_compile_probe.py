@@ -221,3 +221,21 @@ def test_cli_predict_fast_matches_plain(probe_env, monkeypatch, tmp_path) -> Non
     assert set(outs["fast"]) == set(outs["plain"]) and outs["fast"]
     for kind, arr in outs["plain"].items():
         np.testing.assert_allclose(outs["fast"][kind], arr, atol=1e-5)
+
+
+def test_int8_convs_are_packed_before_compiling(probe_env, monkeypatch) -> None:
+    """Traced, a lazy pack reads its scales as Python numbers: a graph break at every int8 conv."""
+    from unetkit.export.onednn_int8 import Int8Conv, onednn_int8_available, quantize_torch_int8
+
+    if onednn_int8_available() is not None:
+        pytest.skip("no oneDNN int8 here")
+    seen: list[bool] = []
+
+    def fake(module, **_kw):
+        seen.extend(m._packed is not None for m in module.modules() if isinstance(m, Int8Conv))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake)
+    q = quantize_torch_int8(_unet3d(), [torch.randn(1, 1, 16, 16, 16)])
+    optimize_for_inference(q, compile=True)  # no example: nothing ran eagerly before the compile
+    assert seen and all(seen)

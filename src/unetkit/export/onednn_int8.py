@@ -160,6 +160,11 @@ class Int8Conv(nn.Module):
             self._packed = (packed, x_scale, x_zp, torch.zeros(self.out_channels, dtype=torch.int64))
         return self._packed
 
+    def prepare_for_compile(self) -> None:
+        """Pack now (`optimize_for_inference` calls this before torch.compile): traced, the lazy
+        packing would read the scales as Python numbers and break the graph at every conv."""
+        self._prepared()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed, x_scale, x_zp, w_zp = self._prepared()
         fmt = torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last

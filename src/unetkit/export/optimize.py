@@ -471,8 +471,12 @@ def optimize_for_inference(
         if compile is True:
             warnings.warn(f"torch.compile unavailable ({why}); running eager", stacklevel=2)
         return wrapped
-    # the eager reference first: it also builds what modules prepare lazily (int8 packed weights),
-    # so the compiled graph sees them as constants
+    # what modules build lazily (int8 packed weights and scales) is built now, so the compiled
+    # graph sees constants instead of breaking on their construction
+    for module in base.modules():
+        prepare = getattr(module, "prepare_for_compile", None)
+        if callable(prepare):
+            prepare()
     want = wrapped._run(base, example) if compile == "auto" and example is not None else None
     try:
         # freezing: weights become constants, so inductor folds them and prepacks for oneDNN/cuBLAS
