@@ -170,7 +170,7 @@ def build_cases(dims: int, size: int, batch: int, features: tuple[int, ...], cla
                 fn = (lambda m=m: m(x))
                 note_i = (note + ", " + ("channels-last" if m.channels_last else "default layout") + ", inference_mode, "
                           + ("torch.compile (probe: faster and equal)" if m.info["compiled"]
-                             else f"eager ({m.info['compile_note']})"))
+                             else f"compile: {m.info['compile_note']}"))
                 log(f"{label}: {m.info}")
             elif bf16:
                 m = optimize_for_inference(net, x, channels_last="auto", precision="bf16")
