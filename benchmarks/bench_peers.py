@@ -6,7 +6,10 @@ Models (per table):
       inference torch.compile with freezing where its probe finds it faster and equal, as
       `Predictor(fast=True)` / `unetkit predict --fast` run it), nnU-Net `PlainConvUNet`,
       MONAI `DynUNet` (same kernels/strides/widths, no residual blocks); with --resenc also
-      unetkit `resenc-unet` against nnU-Net `ResidualEncoderUNet`.
+      unetkit `resenc-unet` against nnU-Net `ResidualEncoderUNet`. On a CPU with oneDNN bf16
+      also unetkit bf16: the training step in bf16 autocast (what the Trainer's amp 'auto' runs
+      where its probe measures it >= 1.25x faster; the note says whether it does here) and
+      bf16 inference (opt-in: not equal to fp32; max abs diff against unetkit eager).
   2D: the same at 256^2 (2D widths), plus MONAI `BasicUNet` (5 levels, max-pool: nearest in kind).
 Cases: the training step (forward, cross-entropy, backward, SGD momentum step) and fp32
 inference (eval, no_grad / inference_mode). Every round runs every case once (interleaved), the
