@@ -93,9 +93,11 @@ def test_probe_keeps_faster_compiled_caches_it_and_guards_shapes(probe_env, monk
     assert again.info["compiled"] and timed[0] == before
 
 
-def test_probe_keeps_eager_when_compiled_is_slower_and_then_skips_compiling(probe_env, monkeypatch) -> None:
+@pytest.mark.parametrize("compiled_s", [1.0, 0.51])  # slower; or faster by 2%, within timing noise
+def test_probe_keeps_eager_when_compiled_is_slower_and_then_skips_compiling(probe_env, monkeypatch,
+                                                                            compiled_s) -> None:
     calls = _fake_compile(monkeypatch)
-    _timer(monkeypatch, eager_s=0.5, compiled_s=1.0)
+    _timer(monkeypatch, eager_s=0.52, compiled_s=compiled_s)
     model = _unet3d()
     x = torch.randn(1, 1, 16, 16, 16)
     fast = optimize_for_inference(model, x, compile="auto", channels_last=False)
