@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import unetkit
 from unetkit.cli.main import app
 from unetkit.data.io import VolumeMeta, read_mask, read_volume, write_image
-from unetkit.errors import DataError
+from unetkit.errors import ConfigError, DataError
 from unetkit.inference.predictor import Predictor, expand_inputs
 from unetkit.io.checkpoint import CheckpointError
 
@@ -202,3 +202,27 @@ def test_predict_paths_skip_errors(model_file: Path, tmp_path: Path) -> None:
     predictor = Predictor.from_checkpoint(model_file, device="cpu")
     results = predictor.predict_paths([good, bad], tmp_path / "out", skip_errors=True, overlay=False)
     assert results[0]["mask"].is_file() and "bad.png" in results[1]["error"]
+
+
+def test_bf16_precision_is_an_opt_in_close_to_fp32_and_refused_where_it_cannot_pay(model_file: Path, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    import unetkit.export.optimize as optimize
+    from typer.testing import CliRunner
+
+    from unetkit.cli.main import app
+
+    image = np.random.default_rng(1).random((1, 40, 56)).astype(np.float32) * 100
+    fp32 = Predictor.from_checkpoint(model_file, device="cpu", roi_size=32).predict_array(image).probabilities
+    monkeypatch.setattr(optimize, "cpu_bf16_supported", lambda: True)
+    bf16 = Predictor.from_checkpoint(model_file, device="cpu", roi_size=32,
+                                     precision="bf16").predict_array(image).probabilities
+    diff = np.abs(bf16 - fp32).max()
+    assert 0 < diff < 0.05  # it ran in bf16 (not bit-equal), and stays near fp32
+    monkeypatch.setattr(optimize, "cpu_bf16_supported", lambda: False)  # e.g. an AVX2-only CPU
+    with pytest.raises(ConfigError, match="no oneDNN bf16"):
+        Predictor.from_checkpoint(model_file, device="cpu", precision="bf16")
+    png = _png(tmp_path / "a.png")
+    bad = CliRunner().invoke(app, ["predict", str(model_file), str(png), "-o", str(tmp_path / "out"),
+                                   "--precision", "half", "--device", "cpu"])
+    assert bad.exit_code == 1 and "precision must be fp32 or bf16, got 'half'" in bad.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

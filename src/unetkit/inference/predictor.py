@@ -76,7 +76,7 @@ class Predictor:
                  in_channels: int | None = None, blend: str = "gaussian", padding_mode: str = "reflect",
                  source: str = "model", postprocessing: Sequence[dict[str, Any]] | None = None,
                  postprocessing_source: str | None = None, target_spacing: Sequence[float] | None = None,
-                 fast: bool = False) -> None:
+                 fast: bool = False, precision: str = "fp32") -> None:
         from unetkit.devices import resolve_device
         from unetkit.evaluation.postprocess import check_postprocessing
 
@@ -119,6 +119,9 @@ class Predictor:
         # the first window batch of each shape; outputs equal the plain model's within 1e-4
         self.fast = bool(fast)
         self._fast_models: dict[tuple, nn.Module] = {}
+        # precision: "fp32" (CUDA: fp16 autocast, as always), or "bf16": bf16 autocast on the CPU, an
+        # opt-in (probabilities differ from fp32 by ~1e-2; ~2.4x faster with AMX, see BENCHMARKS.md)
+        self.precision = _check_precision(precision, self.device)
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -379,7 +382,9 @@ class Predictor:
         for index, model in enumerate(self.models):
             if self.fast:
                 model = self._fast_model(index, model, tuple(x.shape))
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            dtype = torch.float16 if self.device.type == "cuda" else \
+                torch.bfloat16 if self.precision == "bf16" else None
+            with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(x)
             if isinstance(logits, (list, tuple)):
                 logits = logits[0]
@@ -396,7 +401,7 @@ class Predictor:
         key = (index, *shape[1:])
         if key not in self._fast_models:
             example = shape
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
+            precision = "fp16" if self.device.type == "cuda" else self.precision
             self._fast_models[key] = optimize_for_inference(model, example, compile="auto", channels_last="auto",
                                                             precision=precision, device=self.device)
         return self._fast_models[key]
@@ -612,6 +617,19 @@ def check_options(overlap: float | None = None, batch_size: int | None = None, t
         sizes = [roi_size] if isinstance(roi_size, (int, np.integer)) else list(roi_size)
         if not sizes or any(int(r) < 1 for r in sizes):
             raise ConfigError(f"window size (--roi) must be positive, got {roi_size}")
+
+
+def _check_precision(precision: str, device: torch.device) -> str:
+    """'fp32' or 'bf16' (bf16 autocast on the CPU, refused where oneDNN has no bf16: it would be slower)."""
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be fp32 or bf16, got '{precision}'")
+    if precision == "bf16" and device.type == "cpu":
+        from unetkit.export.optimize import cpu_bf16_supported
+
+        if not cpu_bf16_supported():
+            raise ConfigError("precision bf16: this CPU has no oneDNN bf16 (AVX-512 BF16 / AMX), where bf16 "
+                              "would be slower than fp32; use fp32")
+    return precision
 
 
 def _resolve_device(device: str) -> str:
