@@ -123,7 +123,8 @@ def register(app: typer.Typer) -> None:
         if result.best_epoch == 0:
             best = "n/a (no validation: last.safetensors is the model)"
         else:
-            best = f"{result.best_value:.4f} at epoch {result.best_epoch} (best.safetensors)"
+            smoothed = f" (moving average {result.monitor_ema:g} of {result.monitor})" if result.monitor_ema else ""
+            best = f"{result.best_value:.4f}{smoothed} at epoch {result.best_epoch} (best.safetensors)"
         if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
             typer.echo(f"run folder: {result.run_dir}  best: {best}")
 

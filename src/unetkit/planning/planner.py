@@ -276,7 +276,9 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
         "nnU-Net: an epoch is a fixed number of iterations; foreground oversampling")
     add("validation", "region split (a 20% slab holding foreground)" if single else "20% of the cases",
         "a single image or volume is split by region" if single else "seeded split, recorded in splits.json")
-    add("early stopping", "off", "the budget and the schedule end the run; best model by validation Dice")
+    add("early stopping", "off", "the budget and the schedule end the run")
+    add("best model", f"moving average {MONITOR_EMA:g} of validation Dice", "nnU-Net's rule: one lucky validation "
+        "(a slab of a single volume, a few cases) does not choose the model")
 
     cfg = TrainConfig()
     cfg.model.name, cfg.model.spatial_dims = "unet", dims
@@ -300,6 +302,7 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     cfg.loss.name = "combo"
     cfg.epochs, cfg.val_every, cfg.early_stop_patience = epochs, val_every, None
     cfg.monitor = "dice"
+    cfg.monitor_ema = MONITOR_EMA
     cfg.max_minutes = round(minutes, 4)
     cfg.device = dev
     cfg.threads = threads
@@ -348,6 +351,7 @@ def target_spacing(fp: Fingerprint) -> list[float]:
     return [float(v) for v in target]
 
 
+MONITOR_EMA = 0.9  # nnU-Net v2 keeps checkpoint_best by 0.9 * ema + 0.1 * pseudo-Dice
 SPACING_TOLERANCE = 0.05  # cases within 5% of the target spacing on every axis are not resampled
 
 

@@ -95,6 +95,8 @@ class TrainConfig:
     val_every: int = 1
     no_val: bool = False  # train on every case, no validation: keeps the last model only (--no-val)
     monitor: str = "dice"  # metric choosing the best checkpoint and early stopping ("loss" too)
+    monitor_ema: float = 0.0  # best model (and early stopping) by an exponential moving average of the
+    # monitor, ema = a * ema + (1 - a) * value (nnU-Net: 0.9; the planner's choice); 0: the raw value
     early_stop_patience: Optional[int] = 10  # validations without improvement; None: off
     grad_clip: Optional[float] = None
     accumulate: int = 1
@@ -124,6 +126,7 @@ class TrainConfig:
             (0.0 <= self.data.val_fraction < 1.0, "data.val_fraction", "in [0, 1)"),
             (self.optim.lr > 0, "optim.lr", "positive"), (self.val_every >= 1, "val_every", "at least 1"),
             (self.accumulate >= 1, "accumulate", "at least 1"),
+            (0.0 <= self.monitor_ema < 1.0, "monitor_ema", "in [0, 1) (0: the raw monitor; nnU-Net: 0.9)"),
             (self.progress in ("bar", "quiet", "json"), "progress", "bar, quiet or json"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "at least 1"),
             (self.optim.name.lower() in ("adam", "adamw", "sgd"), "optim.name", "adam, adamw or sgd"),

@@ -52,6 +52,8 @@ class FitResult:
     best_value: float
     history: list[dict[str, Any]]
     stopped_early: bool
+    monitor: str = "dice"
+    monitor_ema: float = 0.0  # best_value is the moving average of the monitor when > 0
 
 
 class Callback:
@@ -144,6 +146,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_value = -math.inf
         self.best_loss = math.inf  # breaks ties of the monitor (see _track_best)
+        self.monitor_ema: float | None = None  # the smoothed monitor so far (monitor_ema > 0)
         self.best_epoch = 0
         self.bad_validations = 0
         self._improved = False
@@ -273,8 +276,8 @@ class Trainer:
                     started = time.monotonic()
                     metrics = self.validate(epoch)
                     self._val_seconds = time.monotonic() - started
-                    row.update({f"val_{k}": v for k, v in metrics.items()})
                     stopped_early = self._track_best(epoch, metrics)
+                    row.update({f"val_{k}": v for k, v in metrics.items()})
                 self.epoch = epoch
                 self.history.append(row)
                 started = time.monotonic()
@@ -291,7 +294,8 @@ class Trainer:
             runlog.write_json(self.report(stopped_early), self.run_dir / "report.json")
         if self.run_folder is not None:
             self.run_folder.commit()
-        return FitResult(self.run_dir, self.best_epoch, self.best_value, self.history, stopped_early)
+        return FitResult(self.run_dir, self.best_epoch, self.best_value, self.history, stopped_early,
+                         self.cfg.monitor, self.cfg.monitor_ema)
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
@@ -478,8 +482,13 @@ class Trainer:
             raise ConfigError(f"monitor '{name}' is not a validation metric; available: {', '.join(sorted(metrics))}")
         higher = name in HIGHER_IS_BETTER
         value = metrics[name]
+        self.schedule.validation_result(value, higher)  # the schedule reacts to the measured value
+        a = self.cfg.monitor_ema
+        if a > 0 and math.isfinite(value):  # nnU-Net's rule: one lucky validation does not make "best"
+            self.monitor_ema = value if self.monitor_ema is None else a * self.monitor_ema + (1 - a) * value
+            value = self.monitor_ema
+            metrics[f"{name}_ema"] = value
         score = value if higher else -value
-        self.schedule.validation_result(value, higher)
         # A tie in the monitor goes to the lower validation loss: a held-out slab with little
         # foreground can score Dice 0 at every epoch while the model improves, and "best" was then
         # the first validated epoch.
@@ -554,6 +563,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "history": self.history,
             "best_value": self.best_value, "best_epoch": self.best_epoch, "best_loss": self.best_loss,
+            "monitor_ema": self.monitor_ema,
             "bad_validations": self.bad_validations, "rng": rng_state(), "config": self.cfg.to_dict(),
             "channels_last": self.channels_last, "amp": self.amp,
         }
@@ -573,6 +583,7 @@ class Trainer:
         self.history = list(state["history"])
         self.best_value, self.best_epoch = float(state["best_value"]), int(state["best_epoch"])
         self.best_loss = float(state.get("best_loss", math.inf))
+        self.monitor_ema = state.get("monitor_ema")
         self.bad_validations = int(state["bad_validations"])
         set_rng_state(state["rng"])
 
@@ -590,7 +601,7 @@ class Trainer:
     def report(self, stopped_early: bool) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         return {"run_dir": str(self.run_dir), "epochs": self.epoch, "steps": self.step,
-                "best_epoch": self.best_epoch, "monitor": self.cfg.monitor,
+                "best_epoch": self.best_epoch, "monitor": self.cfg.monitor, "monitor_ema": self.cfg.monitor_ema,
                 "best_value": None if self.best_epoch == 0 else
                 self.best_value if self.cfg.monitor in HIGHER_IS_BETTER else -self.best_value,
                 "validation": self.val_loader is not None, "stopped_by_budget": self._out_of_time,
