@@ -229,3 +229,76 @@ def test_distill_step_decreases_loss() -> None:
     assert len(history) == 5 and history[-1] < history[0]
     assert loss_now() < before
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def _mmapped_bytes() -> int | None:
+    """glibc's bytes in mmap'd blocks (mallinfo2().hblkhd), or None off glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    fn.restype = MallInfo2
+    return int(fn().hblkhd)
+
+
+def test_retained_cpu_memory_keeps_large_blocks_off_mmap_only_inside_the_block() -> None:
+    """Inside `retained_cpu_memory()` a large tensor comes from the heap (kept for reuse when freed);
+    after the block glibc's defaults are back and the same allocation is mmap'd again (given back to
+    the system when freed)."""
+    from unetkit.export.optimize import retained_cpu_memory
+
+    if _mmapped_bytes() is None:
+        pytest.skip("not glibc with mallinfo2")
+    size = 64 * 2**20
+    with retained_cpu_memory() as on:
+        assert on
+        before = _mmapped_bytes()
+        x = torch.empty(size, dtype=torch.uint8)
+        assert _mmapped_bytes() - before < size
+        del x
+    before = _mmapped_bytes()
+    y = torch.empty(size, dtype=torch.uint8)
+    assert _mmapped_bytes() - before >= size
+    del y
+    with retained_cpu_memory(False) as on:
+        assert not on
+
+
+def test_the_trainer_loop_runs_with_freed_memory_retained(tmp_path, monkeypatch) -> None:
+    import unetkit.training.trainer as trainer_mod
+    from unetkit.datasets import write_dataset
+    from unetkit.training import TrainConfig, train
+
+    if _mmapped_bytes() is None:
+        pytest.skip("not glibc with mallinfo2")
+    seen = []
+
+    class Probe(trainer_mod.Callback):
+        def on_step_end(self, trainer, step, loss):  # a 64 MB block mid-step: mmap'd or not
+            before = _mmapped_bytes()
+            block = torch.empty(64 * 2**20, dtype=torch.uint8)
+            seen.append(_mmapped_bytes() - before)
+            del block
+
+    write_dataset("synthetic-cells", tmp_path / "data", size=64, count=2, seed=0)
+    cfg = TrainConfig()
+    cfg.model.kwargs = {"features": [4, 8]}
+    cfg.data.images, cfg.data.patch_size, cfg.data.batch_size, cfg.data.num_workers = \
+        str(tmp_path / "data"), [32, 32], 2, 0
+    cfg.epochs, cfg.max_steps, cfg.no_val, cfg.progress, cfg.tensorboard = 1, 2, True, "quiet", False
+    cfg.out_dir = str(tmp_path / "runs")
+    train(cfg, callbacks=[Probe()])
+    assert seen and all(d < 64 * 2**20 for d in seen)  # retained while training
+    after = _mmapped_bytes()
+    block = torch.empty(64 * 2**20, dtype=torch.uint8)
+    assert _mmapped_bytes() - after >= 64 * 2**20  # glibc's defaults once training is over
+    del block

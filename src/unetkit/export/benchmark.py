@@ -188,16 +188,13 @@ def _loss(out: Any, target: torch.Tensor) -> torch.Tensor:
 
 
 def _with_retained_memory(step: Callable[[], Any]) -> Callable[[], Any]:
-    """Run `step` with `retain_cpu_memory` on and restore glibc's defaults afterwards, so the
-    other cases in the same process run with the defaults."""
-    from unetkit.export.optimize import retain_cpu_memory
+    """Run `step` with freed memory retained (as the Trainer's loop on the CPU) and glibc's defaults
+    restored afterwards, so the other cases in the same process run with the defaults."""
+    from unetkit.export.optimize import retained_cpu_memory
 
     def wrapped() -> Any:
-        retain_cpu_memory(True)
-        try:
+        with retained_cpu_memory():
             return step()
-        finally:
-            retain_cpu_memory(False)
 
     return wrapped
 

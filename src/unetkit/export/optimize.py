@@ -18,6 +18,8 @@ Measured figures for the classic U-Net are in BENCHMARKS.md at the repository ro
 """
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import os
 import time
@@ -611,6 +613,18 @@ def retain_cpu_memory(enable: bool = True) -> bool:
     else:
         ok = all(libc.mallopt(k, v) for k, v in _GLIBC_DEFAULTS.items())
     return bool(ok)
+
+
+@contextlib.contextmanager
+def retained_cpu_memory(enable: bool = True):
+    """`retain_cpu_memory()` for the duration of a block (a training loop), glibc's defaults after it,
+    so the process gives its memory back once the block ends. `enable=False`: a no-op."""
+    on = enable and retain_cpu_memory(True)
+    try:
+        yield on
+    finally:
+        if on:
+            retain_cpu_memory(False)
 
 
 # ---- training -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from unetkit.data.loader import make_loader
 from unetkit.errors import ConfigError, DataError, Interrupted, TrainingError
 from unetkit.export.optimize import (_map_outputs, channels_last_input, memory_format_for, prepare_for_training,
-                                     probe_channels_last, probe_cpu_autocast, to_channels_last)
+                                     probe_channels_last, probe_cpu_autocast, retained_cpu_memory, to_channels_last)
 from unetkit.io.checkpoint import save_model
 from unetkit.models import create_model
 from unetkit.models.blocks import center_crop
@@ -243,7 +243,9 @@ class Trainer:
         """Train to the end; SIGINT / SIGTERM stop after the current step (Interrupted, exit code 130),
         and a run that fails before its first checkpoint leaves nothing behind (see RunFolder)."""
         try:
-            with self._stop_on_signals():
+            # CPU: freed activation buffers are kept for the next step instead of being unmapped and
+            # faulted in again, zeroed, every step (glibc's defaults come back after the loop)
+            with self._stop_on_signals(), retained_cpu_memory(self.device.type == "cpu"):
                 return self._fit()
         except BaseException as err:
             removed = self.run_folder.abandon() if self.run_folder is not None else False
