@@ -207,6 +207,45 @@ def test_fast_device_gets_nnunet_scale_slow_device_gets_small_patches(tmp_path, 
             <= 60 * p.budget_minutes
 
 
+def test_the_schedule_comes_from_a_measured_step_of_the_chosen_configuration(tmp_path, monkeypatch) -> None:
+    """The two candidates timed first run at the FLOPs rate; every other one 3x faster (as bf16
+    autocast where its probe chooses it, or channels-last). The first check of the chosen one moves
+    the choice to a larger candidate; its step time must be measured too before the schedule is
+    derived from it (a prediction left the cosine cut off by the budget, or a third of it unused)."""
+    import unetkit.planning.planner as planner
+
+    _rgb_folder(tmp_path / "d", n=4, size=(256, 256))
+    first: list[int] = []
+
+    def fake_time(c, *args, **kwargs):
+        c["augment_s"] = 0.0
+        if id(c) not in first and len(first) < 2:
+            first.append(id(c))
+        return 0.01 + c["flops"] / 1e10 * (1.0 if id(c) in first else 1 / 3)
+
+    monkeypatch.setattr(planner, "_time", fake_time)
+    p = plan(tmp_path / "d", budget="10m", device="cpu", memory="64G")
+    chosen = next(c for c in p.candidates if c["patch"] == p.config.data.patch_size
+                  and c["features"] == p.config.model.kwargs["features"] and c["batch"] == p.config.data.batch_size)
+    assert chosen.get("measured"), p.table()
+    assert abs(chosen["compute_s"] - (0.01 + chosen["flops"] / 3e10)) < 1e-9
+    assert "measured on cpu" in next(r for r in p.table().splitlines() if r.startswith("step time"))
+
+
+def test_step_timing_runs_in_the_layout_and_precision_the_trainer_will_choose(monkeypatch) -> None:
+    """time_step asks the same probes as the Trainer: the layout probe's answer (not 'channels-last
+    for 2D') is the layout the precision probe is asked about and the step is timed in."""
+    import unetkit.export.optimize as optimize
+    from unetkit.planning.probe import time_step
+
+    asked: list = []
+    monkeypatch.setattr(optimize, "probe_channels_last", lambda model, example, **k: asked.append(example) or False)
+    monkeypatch.setattr(optimize, "probe_cpu_autocast",
+                        lambda model, example, train=True, channels_last=False: asked.append(channels_last) or False)
+    assert time_step(2, 1, 1, [4, 8], [16, 16], 4, steps=1) > 0
+    assert asked == [(2, 1, 16, 16), False]
+
+
 @pytest.mark.parametrize("supported,faster,row", [(True, True, "bf16 mixed"), (True, False, "fp32"),
                                                   (False, True, "fp32")])
 def test_plan_states_the_precision_the_trainer_will_use(tmp_path, monkeypatch, supported, faster, row) -> None:

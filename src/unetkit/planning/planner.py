@@ -209,8 +209,12 @@ def plan(data: str | os.PathLike, *, masks: str | os.PathLike | None = None, mas
     for c in candidates:
         _schedule(c, train_s, val_voxels, fp, workers, dev, _augment_per_voxel(candidates))
     chosen = choose(candidates)
-    if probe and not chosen.get("measured") and 3 * chosen["compute_s"] < max(5.0, 0.03 * budget_s):
-        # check the prediction on the chosen one, once, when that is cheap
+    for _ in range(3):
+        # check the prediction on the chosen one while that is cheap: the schedule (epochs, the cosine's
+        # end) is derived from its step time, and a prediction from other candidates' rates can be off
+        # by their precision (bf16 where the probe chose it) as well as by the FLOPs model
+        if not probe or chosen.get("measured") or 3 * chosen["compute_s"] >= max(5.0, 0.03 * budget_s):
+            break
         measured = _time(chosen, dev, dims, channels, threads=threads)
         ratio = measured / max(chosen["compute_s"], 1e-9)
         for c in candidates:

@@ -37,7 +37,7 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
                batch: int, device: str, norm: str, deep_supervision: bool, steps: int, max_seconds: float,
                strides: Sequence[Sequence[int]] | None = None,
                kernel_sizes: Sequence[Sequence[int]] | None = None) -> float:
-    from unetkit.export.optimize import probe_cpu_autocast
+    from unetkit.export.optimize import probe_channels_last, probe_cpu_autocast, retained_cpu_memory
     from unetkit.losses import DeepSupervisionLoss, create_loss
     from unetkit.models import create_model
 
@@ -47,7 +47,9 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
                                            "kernel_sizes": None if kernel_sizes is None else [list(v) for v in kernel_sizes]}
     model = create_model("unet", spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
                          features=list(features), norm=norm, deep_supervision=deep_supervision, **geometry).to(dev)
-    channels_last = spatial_dims == 2
+    example = (min(batch, 2), in_channels, *patch)
+    # the layout and precision the Trainer will choose for this model (the same cached probes)
+    channels_last = spatial_dims == 2 if dev.type != "cpu" else probe_channels_last(model, example, train=True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = create_loss("combo")
@@ -61,7 +63,7 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
     if num_classes > 1:
         y = torch.randint(0, num_classes, (batch, 1, *patch), device=dev)
     amp = dev.type == "cuda" or (dev.type == "cpu" and probe_cpu_autocast(
-        model, (min(batch, 2), in_channels, *patch), train=True, channels_last=channels_last))  # as the Trainer
+        model, example, train=True, channels_last=channels_last))
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
 
     def step() -> None:
@@ -73,17 +75,18 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
-    step()  # warm-up: allocations, kernel selection
-    _sync(dev)
     times = []
-    begin = time.perf_counter()
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
+    with retained_cpu_memory(dev.type == "cpu"):  # as the Trainer's loop runs
+        step()  # warm-up: allocations, kernel selection
         _sync(dev)
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - begin > max_seconds:
-            break
+        begin = time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+            if time.perf_counter() - begin > max_seconds:
+                break
     return float(np.median(times))
 
 
