@@ -12,7 +12,8 @@ Models (per table):
       bf16 inference (opt-in: not equal to fp32; max abs diff against unetkit eager).
   2D: the same at 256^2 (2D widths), plus MONAI `BasicUNet` (5 levels, max-pool: nearest in kind).
 Cases: the training step (forward, cross-entropy, backward, SGD momentum step) and fp32
-inference (eval, no_grad / inference_mode). Every round runs every case once (interleaved), the
+inference (eval, no_grad / inference_mode); the fast and bf16 training steps run with freed memory
+retained, as the Trainer's loop does on the CPU (peers: glibc's defaults). Every round runs every case once (interleaved), the
 table gives medians, ratios against nnU-Net's network (x nnU-Net) and the max abs difference:
 unetkit's models carry the nnU-Net network's weights (models/nnunet_import.py), so the
 difference of their logits from nnU-Net's is shown; the fast paths are compared with unetkit eager.
@@ -42,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import unetkit
-from unetkit.export.benchmark import Case, max_abs_diff, run_interleaved
+from unetkit.export.benchmark import Case, _with_retained_memory, max_abs_diff, run_interleaved
 from unetkit.export.optimize import (cpu_bf16_supported, optimize_for_inference, prepare_for_training,
                                      probe_cpu_autocast)
 from unetkit.models.nnunet_import import nnunet_to_unetkit
@@ -198,6 +199,9 @@ def build_cases(dims: int, size: int, batch: int, features: tuple[int, ...], cla
                                             channels_last=getattr(call, "unetkit_layout", "") == "channels-last")
                 note_t += f", bf16 autocast (the Trainer's probe {'chooses' if chosen else 'does not choose'} it here)"
             step = _train_step(m, call, x, y, bf16=bf16)
+            if fast or bf16:  # as the Trainer's loop runs on the CPU
+                step = _with_retained_memory(step)
+                note_t += ", freed memory retained (the Trainer's CPU loop)"
             out = step()  # warm-up step from the shared starting weights
             outputs[("train", label)] = out
             diff = max_abs_diff(out, outputs[("train", ref)]) if ref and ("train", ref) in outputs else None
