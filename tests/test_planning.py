@@ -238,12 +238,14 @@ def test_step_timing_runs_in_the_layout_and_precision_the_trainer_will_choose(mo
     import unetkit.export.optimize as optimize
     from unetkit.planning.probe import time_step
 
-    asked: list = []
-    monkeypatch.setattr(optimize, "probe_channels_last", lambda model, example, **k: asked.append(example) or False)
-    monkeypatch.setattr(optimize, "probe_cpu_autocast",
-                        lambda model, example, train=True, channels_last=False: asked.append(channels_last) or False)
-    assert time_step(2, 1, 1, [4, 8], [16, 16], 4, steps=1) > 0
-    assert asked == [(2, 1, 16, 16), False]
+    for dims, layout in ((2, False), (3, True)):  # against the old rule (channels-last for 2D only)
+        asked: list = []
+        monkeypatch.setattr(optimize, "probe_channels_last",
+                            lambda model, example, **k: asked.append(example) or layout)
+        monkeypatch.setattr(optimize, "probe_cpu_autocast",
+                            lambda model, example, train=True, channels_last=False: asked.append(channels_last) or False)
+        assert time_step(dims, 1, 1, [4, 8], [16] * dims, 4, steps=1) > 0
+        assert asked == [(2, 1, *[16] * dims), layout]
 
 
 @pytest.mark.parametrize("supported,faster,row", [(True, True, "bf16 mixed"), (True, False, "fp32"),

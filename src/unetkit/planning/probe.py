@@ -37,7 +37,8 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
                batch: int, device: str, norm: str, deep_supervision: bool, steps: int, max_seconds: float,
                strides: Sequence[Sequence[int]] | None = None,
                kernel_sizes: Sequence[Sequence[int]] | None = None) -> float:
-    from unetkit.export.optimize import probe_channels_last, probe_cpu_autocast, retained_cpu_memory
+    from unetkit.export.optimize import (channels_last_input, probe_channels_last, probe_cpu_autocast,
+                                         retained_cpu_memory, to_channels_last)
     from unetkit.losses import DeepSupervisionLoss, create_loss
     from unetkit.models import create_model
 
@@ -50,15 +51,15 @@ def _time_step(spatial_dims: int, in_channels: int, num_classes: int, features: 
     example = (min(batch, 2), in_channels, *patch)
     # the layout and precision the Trainer will choose for this model (the same cached probes)
     channels_last = spatial_dims == 2 if dev.type != "cpu" else probe_channels_last(model, example, train=True)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if channels_last:  # NHWC / NDHWC, as the Trainer converts it
+        to_channels_last(model)
     loss_fn = create_loss("combo")
     if deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, in_channels, *patch, device=dev)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last_input(x)
     y = (torch.rand(batch, 1, *patch, device=dev) > 0.7).long()
     if num_classes > 1:
         y = torch.randint(0, num_classes, (batch, 1, *patch), device=dev)
