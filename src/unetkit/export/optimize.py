@@ -146,24 +146,30 @@ def _forward_gflops(model: nn.Module, shape: Sequence[int]) -> float | None:
         return None
 
 
-def _cached_probe(key: str, measure: Callable[[], bool], cache: bool) -> bool:
-    """A probe's decision: from memory, else `$UNETKIT_CACHE/layout_probe.json`, else `measure()`
-    (then stored in both; a read-only home keeps it in memory only)."""
+PROBE_NOISE = 0.25  # a probe whose repeats of one variant differ by more (max / min - 1) is not cached on disk
+
+
+def _cached_probe(key: str, measure: Callable[[], tuple[bool, bool]], cache: bool) -> bool:
+    """A probe's decision: from memory, else `$UNETKIT_CACHE/layout_probe.json`, else `measure()`,
+    which returns (decision, steady). A steady decision is stored in both; one measured while the
+    timings swung (another job on the cores) is used by this process only, and measured again by
+    the next (a read-only home keeps every decision in memory only)."""
     if cache:
         known = _cached_decision(key)
         if known is not None:
             return known
-    decision = bool(measure())
-    _store_decision(key, decision, persist=cache)
-    return decision
+    decision, steady = measure()
+    _store_decision(key, bool(decision), persist=cache and steady)
+    return bool(decision)
 
 
 def _faster(model: nn.Module, shape: Sequence[int], train: bool, candidate: dict[str, Any], repeats: int,
-            margin: float, baseline: dict[str, Any] | None = None) -> bool:
+            margin: float, baseline: dict[str, Any] | None = None) -> tuple[bool, bool]:
     """Whether `candidate` (channels_last: bool, autocast: dtype | None) runs a training step's
     forward + backward (`train`) or an inference forward of copies of `model` on random data of
     `shape` faster than `baseline` (default: fp32 in the default layout) by `margin`: each variant
-    warmed up, then `repeats` interleaved rounds, medians. The global RNG is restored."""
+    warmed up, then `repeats` interleaved rounds, medians. Returns (decision, steady): steady when
+    no variant's repeats differ by more than PROBE_NOISE. The global RNG is restored."""
     import statistics
 
     device = next(model.parameters()).device
@@ -198,7 +204,8 @@ def _faster(model: nn.Module, shape: Sequence[int], train: bool, candidate: dict
             for run, times in runs:
                 times.append(_time_once(run))
     t_default, t_candidate = (statistics.median(times) for _, times in runs)
-    return t_candidate < (1.0 - margin) * t_default
+    steady = all(max(times) <= (1.0 + PROBE_NOISE) * min(times) for _, times in runs)
+    return t_candidate < (1.0 - margin) * t_default, steady
 
 
 def probe_channels_last(model: nn.Module, example: torch.Tensor | Sequence[int], train: bool = True,
