@@ -19,7 +19,6 @@ Measured figures for the classic U-Net are in BENCHMARKS.md at the repository ro
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import os
 import time
