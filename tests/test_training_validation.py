@@ -222,3 +222,38 @@ def test_a_tie_in_the_monitor_goes_to_the_lower_validation_loss() -> None:
         smoothed.append(ema)
     assert run("dice", rows) == 9
     assert run("dice", rows, ema=0.9) == 1 + max(range(len(dice)), key=smoothed.__getitem__) == 17
+
+
+@pytest.mark.parametrize("schedule,fitted", [("cosine", True), ("plateau", False)])
+def test_a_decaying_schedule_the_budget_would_cut_ends_within_it(tmp_path, monkeypatch, schedule, fitted) -> None:
+    """Epochs run at 10 s (a fake clock) where the budget holds 65 s: planned for 20 epochs, a cosine
+    run is re-fitted after its second epoch to end at epoch 6, so its learning rate still decays to
+    its end within the budget; the old loop ran on with a high rate until the budget cut epoch 7.
+    A plateau schedule does not decay by length: it is left alone and the budget stops it."""
+    import types
+
+    import unetkit.training.trainer as trainer_mod
+    from unetkit.training.trainer import Callback
+
+    now = [1000.0]
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0],
+                                                                   perf_counter=__import__("time").perf_counter))
+
+    class Clock(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            now[0] += 10.0
+
+    _single_case_folder(tmp_path / "data", 2)
+    cfg = _config(tmp_path, tmp_path / "data", 2, epochs=20, **{"schedule.name": schedule, "early_stop_patience": "null"})
+    result = train(cfg, callbacks=[Clock()], deadline=1065.0)
+    report = json.loads((result.run_dir / "report.json").read_text())
+    steps = cfg.data.samples_per_epoch // cfg.data.batch_size  # 2 per epoch
+    if fitted:
+        assert len(result.history) == 6 and report["schedule_epochs"] == 6 and not report["stopped_by_budget"]
+        # the cosine over 6 x 2 steps: the last epoch starts at step 10 of 12
+        expected = cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * 10 / (6 * steps)))
+        assert result.history[-1]["lr"] == pytest.approx(expected, rel=1e-6)
+        resumed = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
+        assert resumed["schedule"]["total_steps"] == 6 * steps  # a resume keeps the fitted end
+    else:
+        assert report["schedule_epochs"] == 20 and report["stopped_by_budget"]

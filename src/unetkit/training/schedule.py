@@ -98,13 +98,25 @@ class LRSchedule:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    @property
+    def epochs(self) -> int:
+        """The epoch the schedule ends with (decays to its end)."""
+        return self.total_steps // self.steps_per_epoch
+
+    def end_at(self, epochs: int) -> None:
+        """End the schedule after `epochs` epochs instead (a time budget that would cut it short):
+        the decay is re-spread over the new length from the current step on."""
+        self.total_steps = max(1, self.steps_per_epoch * epochs)
+        self._apply()
+
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "plateau_factor": self.plateau_factor,
-                "best": self.best, "bad_validations": self.bad_validations}
+                "best": self.best, "bad_validations": self.bad_validations, "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
         self.plateau_factor = float(state["plateau_factor"])
         self.best = state["best"]
         self.bad_validations = int(state["bad_validations"])
+        self.total_steps = int(state.get("total_steps", self.total_steps))  # a schedule fitted to a budget
         self._apply()

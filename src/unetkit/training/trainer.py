@@ -267,13 +267,15 @@ class Trainer:
                 and cfg.progress != "quiet" and self.epoch == 0:
             print("precision: bf16 mixed precision (a probe measured it >= 1.25x faster than fp32 on this CPU; "
                   "--set amp=off trains in fp32)", flush=True)
+        epoch_times: list[float] = []
         try:
-            while self.epoch < cfg.epochs:
+            while self.epoch < self.schedule.epochs:  # cfg.epochs, unless fitted to the budget
                 epoch = self.epoch + 1
+                epoch_started = time.monotonic()
                 for cb in self.callbacks:
                     cb.on_epoch_start(self, epoch)
                 row = {"epoch": epoch, **self.train_epoch(epoch)}
-                if self.val_loader is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs
+                if self.val_loader is not None and (epoch % cfg.val_every == 0 or epoch == self.schedule.epochs
                                                     or self._out_of_time):
                     started = time.monotonic()
                     metrics = self.validate(epoch)
@@ -290,6 +292,8 @@ class Trainer:
                 out_of_steps = cfg.max_steps is not None and self.step >= cfg.max_steps
                 if stopped_early or self._out_of_time or self._time_left(0.0) <= 0 or out_of_steps:
                     break
+                epoch_times.append(time.monotonic() - epoch_started)
+                self._fit_schedule_to_budget(epoch, epoch_times)
         finally:
             self.tb.close()
         if self.dist.is_main:
@@ -298,6 +302,26 @@ class Trainer:
             self.run_folder.commit()
         return FitResult(self.run_dir, self.best_epoch, self.best_value, self.history, stopped_early,
                          self.cfg.monitor, self.cfg.monitor_ema)
+
+    def _fit_schedule_to_budget(self, epoch: int, epoch_times: list[float]) -> None:
+        """A decaying schedule (cosine, poly) that the time budget would cut short ends earlier instead,
+        so that its learning rate still reaches the end within the budget: when the epochs run slower
+        than planned (a busy machine, a plan's misprediction) the last epochs are dropped, not the end
+        of the decay. Judged from the second epoch on (the first carries the warm-up), on the mean
+        epoch time of this session, the same on every process; never lengthens the schedule."""
+        if self.deadline is None or self.cfg.schedule.name not in ("cosine", "poly") or len(epoch_times) < 2:
+            return
+        end = self.schedule.epochs
+        if epoch + 1 >= end:
+            return
+        per_epoch = self._agreed(sum(epoch_times[1:]) / (len(epoch_times) - 1))
+        new_end = epoch + max(1, int(self._time_left(0.0) // max(per_epoch, 1e-9)))
+        if new_end >= end:
+            return
+        self.schedule.end_at(new_end)
+        if self.dist.is_main and self.cfg.progress != "quiet":
+            print(f"budget: an epoch takes {per_epoch:.1f} s here, so the {self.cfg.schedule.name} schedule now ends "
+                  f"at epoch {new_end} instead of {end}, within the budget", flush=True)
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
@@ -340,7 +364,7 @@ class Trainer:
         data_time = compute_time = 0.0
         images_seen = 0
         lr_at_start = self.schedule.lr  # the rate this epoch starts with (logged)
-        bar = self._progress(len(self.train_loader), f"epoch {epoch}/{cfg.epochs}")
+        bar = self._progress(len(self.train_loader), f"epoch {epoch}/{self.schedule.epochs}")
         self.optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         batches = iter(self.train_loader)
@@ -607,7 +631,7 @@ class Trainer:
                 "best_value": None if self.best_epoch == 0 else
                 self.best_value if self.cfg.monitor in HIGHER_IS_BETTER else -self.best_value,
                 "validation": self.val_loader is not None, "stopped_by_budget": self._out_of_time,
-                "stopped_early": stopped_early, "last": last, "world_size": self.dist.world_size,
+                "stopped_early": stopped_early, "schedule_epochs": self.schedule.epochs, "last": last, "world_size": self.dist.world_size,
                 "device": str(self.device), "precision": self.precision, "warnings": list(self.warnings)}
 
     # ---- output helpers ----------------------------------------------------------------------
@@ -616,8 +640,15 @@ class Trainer:
         The same answer on every process, so all stop at the same step."""
         if self.deadline is None:
             return math.inf
-        left = torch.tensor([self.deadline - time.monotonic() - reserve], dtype=torch.float64)
-        return float(self.dist.all_reduce_sum(left)) / self.dist.world_size  # the mean: one answer for all
+        return self._agreed(self.deadline - time.monotonic() - reserve)
+
+    def _agreed(self, value: float) -> float:
+        """The mean of `value` over the processes: one answer for all (the value itself in one process)."""
+        if not self.dist.enabled:
+            return value
+        # on the training device: NCCL reduces CUDA tensors only
+        total = self.dist.all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=self.device))
+        return float(total) / self.dist.world_size
 
     def _progress(self, total: int, desc: str):
         if self.cfg.progress != "bar" or not self.dist.is_main:
