@@ -13,8 +13,8 @@ Models (per table):
   2D: the same at 256^2 (2D widths), plus MONAI `BasicUNet` (5 levels, max-pool: nearest in kind).
 Cases: the training step (forward, cross-entropy, backward, SGD momentum step) and fp32
 inference (eval, no_grad / inference_mode); the fast and bf16 training steps run with freed memory
-retained, as the Trainer's loop does on the CPU (peers: glibc's defaults). Every round runs every case once (interleaved), the
-table gives medians, ratios against nnU-Net's network (x nnU-Net) and the max abs difference:
+retained, as the Trainer's loop does on the CPU (peers: glibc's defaults). Every round runs every
+case once (interleaved), the table gives medians, ratios against nnU-Net's network (x nnU-Net) and the max abs difference:
 unetkit's models carry the nnU-Net network's weights (models/nnunet_import.py), so the
 difference of their logits from nnU-Net's is shown; the fast paths are compared with unetkit eager.
 Peers that are not installed are skipped with a message

@@ -243,7 +243,8 @@ def test_step_timing_runs_in_the_layout_and_precision_the_trainer_will_choose(mo
         monkeypatch.setattr(optimize, "probe_channels_last",
                             lambda model, example, **k: asked.append(example) or layout)
         monkeypatch.setattr(optimize, "probe_cpu_autocast",
-                            lambda model, example, train=True, channels_last=False: asked.append(channels_last) or False)
+                            lambda model, example, train=True, channels_last=False:
+                            asked.append(channels_last) or False)
         assert time_step(dims, 1, 1, [4, 8], [16] * dims, 4, steps=1) > 0
         assert asked == [(2, 1, *[16] * dims), layout]
 

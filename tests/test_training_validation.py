@@ -244,7 +244,8 @@ def test_a_decaying_schedule_the_budget_would_cut_ends_within_it(tmp_path, monke
             now[0] += 10.0
 
     _single_case_folder(tmp_path / "data", 2)
-    cfg = _config(tmp_path, tmp_path / "data", 2, epochs=20, **{"schedule.name": schedule, "early_stop_patience": "null"})
+    cfg = _config(tmp_path, tmp_path / "data", 2, epochs=20,
+                  **{"schedule.name": schedule, "early_stop_patience": "null"})
     result = train(cfg, callbacks=[Clock()], deadline=1065.0)
     report = json.loads((result.run_dir / "report.json").read_text())
     steps = cfg.data.samples_per_epoch // cfg.data.batch_size  # 2 per epoch

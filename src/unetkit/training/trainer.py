@@ -631,7 +631,8 @@ class Trainer:
                 "best_value": None if self.best_epoch == 0 else
                 self.best_value if self.cfg.monitor in HIGHER_IS_BETTER else -self.best_value,
                 "validation": self.val_loader is not None, "stopped_by_budget": self._out_of_time,
-                "stopped_early": stopped_early, "schedule_epochs": self.schedule.epochs, "last": last, "world_size": self.dist.world_size,
+                "stopped_early": stopped_early, "schedule_epochs": self.schedule.epochs, "last": last,
+                "world_size": self.dist.world_size,
                 "device": str(self.device), "precision": self.precision, "warnings": list(self.warnings)}
 
     # ---- output helpers ----------------------------------------------------------------------
